@@ -1,0 +1,207 @@
+"""`srl`: the command line. Each job's commands live beside the job; this file wires them up.
+
+Every command turns an SRLError into one readable red line and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from srl_sdk.core.steps import Step, Trace
+from srl_sdk.errors import InputError, SRLError
+
+app = typer.Typer(help="srl-sdk: step-by-step reasoning you can train, serve, ship and audit.", no_args_is_help=True)
+traces_app = typer.Typer(help="Inspect stored traces.", no_args_is_help=True)
+data_app = typer.Typer(help="Expert data: solutions -> steps -> SRL instances.", no_args_is_help=True)
+app.add_typer(traces_app, name="traces")
+app.add_typer(data_app, name="data")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def friendly_errors(func: F) -> F:
+    """SRLError -> one line on stderr and exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SRLError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_step(step: Step) -> None:
+    tag = "given" if step.source == "given" else f"{step.tokens} tok"
+    conf = ""
+    if step.confidence is not None:
+        conf = f" · conf mean {step.confidence.mean_logprob:.2f} min {step.confidence.min_logprob:.2f}"
+    latency = f" · {step.latency_s:.2f}s" if step.latency_s is not None else ""
+    fmt = "" if step.format_ok else " · [yellow]format![/]"
+    console.print(f"[bold cyan]Step {step.index}[/] [dim]({tag}{conf}{latency})[/]{fmt}")
+    if step.thought:
+        console.print(f"  [dim italic]{escape(step.thought)}[/]")
+    console.print(f"  [bold]{escape(step.action)}[/]")
+    for check in step.checks:
+        mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[check.passed]
+        console.print(f"  {mark} {escape(check.detail or check.claim)}")
+
+
+def print_trace_footer(trace: Trace) -> None:
+    answer = trace.answer if trace.answer is not None else "(no final answer)"
+    console.print(
+        f"[bold green]Answer:[/] {escape(answer)}  [dim]({trace.finish_reason}, {len(trace.steps)} steps, "
+        f"{(trace.duration_s or 0):.1f}s, trace {trace.id})[/]"
+    )
+
+
+def read_problem_from(path: Path, index: int) -> str:
+    """The problem on line `index` (0-based) of a JSONL file with `question` or `problem`."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle):
+                if number == index:
+                    row = json.loads(line)
+                    text = row.get("question") or row.get("problem")
+                    if not isinstance(text, str):
+                        raise InputError(f"{path}:{index + 1} has no 'question' or 'problem' text field")
+                    return text
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read a problem from {path}:{index + 1}: {exc}") from exc
+    raise InputError(f"{path} has fewer than {index + 1} lines")
+
+
+@app.command()
+@friendly_errors
+def reason(
+    problem: Optional[str] = typer.Argument(None, help="The problem to solve (or use --from)."),
+    from_file: Optional[Path] = typer.Option(None, "--from", help="JSONL file with question/problem fields."),
+    index: int = typer.Option(0, "--index", min=0, help="Line of --from to take (0-based)."),
+    model: str = typer.Option("smollm2", help="GGUF path, model folder, alias 'smollm2', or http(s):// server URL."),
+    engine: Optional[str] = typer.Option(None, help="llama.cpp | transformers | onnx | vllm (default: from the model)."),
+    mode: str = typer.Option("stepwise", help="stepwise (one call per step) or free (one call)."),
+    max_steps: int = typer.Option(8, min=1, max=64),
+    temperature: float = typer.Option(0.0, min=0.0),
+    seed: Optional[int] = typer.Option(None),
+    step: list[str] = typer.Option([], "--step", help="A given step to continue from (repeatable)."),
+    store: Optional[Path] = typer.Option(None, help="Trace store file (default $SRL_HOME/traces.db)."),
+    no_save: bool = typer.Option(False, "--no-save", help="Do not store the trace."),
+    api_key: Optional[str] = typer.Option(None, envvar="SRL_API_KEY", help="API key for a remote server."),
+    as_json: bool = typer.Option(False, "--json", help="Print the trace as JSON at the end."),
+) -> None:
+    """Solve a problem step by step, printing each step as it is made."""
+    from srl_sdk.client import Reasoner
+
+    if from_file is not None:
+        problem = read_problem_from(from_file, index)
+    if problem is None:
+        raise InputError("give a problem, e.g. srl reason \"What is 2+3?\", or --from FILE.jsonl")
+    console.print(f"[bold]Problem:[/] {escape(problem.strip())}")
+    store_arg = False if no_save else store
+    with Reasoner(model, engine=engine, store=store_arg, api_key=api_key) as reasoner:
+        stream = reasoner.stream(problem, steps=step, mode=mode, max_steps=max_steps, temperature=temperature, seed=seed)
+        for item in stream:
+            print_step(item)
+        trace = stream.trace
+    assert trace is not None
+    print_trace_footer(trace)
+    if as_json:
+        console.print_json(trace.model_dump_json())
+
+
+@traces_app.command("list")
+@friendly_errors
+def traces_list(
+    limit: int = typer.Option(20, min=1),
+    store: Optional[Path] = typer.Option(None, help="Trace store file."),
+) -> None:
+    """The newest stored traces."""
+    from srl_sdk.store import TraceStore
+
+    rows = TraceStore(store).list(limit=limit)
+    if not rows:
+        console.print("[dim]no traces stored yet[/]")
+    for row in rows:
+        problem = " ".join(row.problem.split())
+        problem = problem[:60] + ("…" if len(problem) > 60 else "")
+        console.print(
+            f"{row.id}  {row.created_at:%Y-%m-%d %H:%M:%S}  {row.n_steps:>2} steps  "
+            f"answer={escape(str(row.answer))}  [dim]{escape(problem)}[/]"
+        )
+
+
+@traces_app.command("show")
+@friendly_errors
+def traces_show(
+    trace_id: str,
+    store: Optional[Path] = typer.Option(None, help="Trace store file."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Print one stored trace."""
+    from srl_sdk.store import TraceStore
+
+    trace = TraceStore(store).get(trace_id)
+    if as_json:
+        sys.stdout.write(trace.model_dump_json(indent=2) + "\n")
+        return
+    console.print(f"[bold]Problem:[/] {escape(trace.problem)}")
+    console.print(f"[dim]model {trace.model} · engine {trace.engine} · mode {trace.mode} · {trace.created_at:%Y-%m-%d %H:%M:%S}[/]")
+    for item in trace.steps:
+        print_step(item)
+    print_trace_footer(trace)
+
+
+@data_app.command("split")
+@friendly_errors
+def data_split(
+    file: Path,
+    output: str = typer.Option("steps", help="steps (one row per solution) or instances (SRL instances)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write JSONL here (default stdout)."),
+    style: str = typer.Option("auto", help="auto | lines | numbered | paragraphs | regex"),
+    pattern: Optional[str] = typer.Option(None, help="Separator regex for --style regex."),
+    limit: Optional[int] = typer.Option(None, min=1),
+) -> None:
+    """Expert solutions (JSONL) -> steps or SRL instances (JSONL); a report goes to stderr."""
+    from srl_sdk.core.instances import split_file
+
+    if output not in ("steps", "instances"):
+        raise InputError("--output must be 'steps' or 'instances'")
+    rows, report = split_file(file, output=output, style=style, pattern=pattern, limit=limit)  # type: ignore[arg-type]
+    sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    try:
+        for row in rows:
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if out:
+            sink.close()
+    err_console.print(report.summary())
+
+
+from srl_sdk.serving.commands import register as _register_serve; _register_serve(app)  # noqa: E402,E702
+
+
+from srl_sdk.edge.commands import register as _register_edge; _register_edge(app)  # noqa: E402
+
+
+from srl_sdk.training.commands import register as _register_train; _register_train(app)  # noqa: E402,E702
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

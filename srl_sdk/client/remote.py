@@ -1,0 +1,253 @@
+"""The remote backend of Reasoner: `srl serve` over HTTP, steps read from Server-Sent Events.
+
+SSE is parsed by httpx-sse. The policies that make a remote call as dependable as a local one:
+- the default read timeout is 300 s, because a CPU server can take many seconds per step
+  (httpx's default of 5 s would abort healthy runs);
+- connection errors *before the first event* are retried (bounded, with backoff) by sending the
+  request again: nothing was produced yet, and the server cancels a run whose client left;
+- a connection lost *after* an event is resumed with `Last-Event-ID` on
+  GET /v1/traces/{id}/events, which replays the stored steps that did not arrive;
+- every failure is a typed srl_sdk.errors.APIError: status errors (401 AuthenticationError,
+  404 NotFoundError, 400/413/422 RequestValidationError, others APIStatusError), an `error`
+  event (the status it carries), APIConnectionError and APITimeoutError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
+
+from srl_sdk.core.steps import Step, Trace
+from srl_sdk.errors import APIConnectionError, APIError, APITimeoutError, InputError, status_error
+from srl_sdk.reasoning.driver import ReasonConfig
+
+DEFAULT_READ_TIMEOUT_S = 300.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+MAX_RETRIES = 2
+BACKOFF_S = 0.5
+
+_LIMIT_FIELDS = ("max_steps", "max_thought_tokens", "max_action_tokens", "max_total_tokens", "timeout_s")
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
+_TOP_FIELDS = ("mode", "checks")
+
+
+def default_timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    read = DEFAULT_READ_TIMEOUT_S if timeout is None else float(timeout)
+    return httpx.Timeout(read, connect=min(DEFAULT_CONNECT_TIMEOUT_S, read))
+
+
+def reason_body(config: ReasonConfig | None, problem: str, steps: Sequence[str | Step],
+                overrides: dict[str, Any]) -> dict[str, Any]:
+    """Reasoner settings -> the /v1/reason body. Settings are checked here, as the local backend does."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(ReasonConfig.model_fields))
+    if unknown:
+        raise InputError(f"unknown reasoning settings {unknown}; valid ones: {sorted(ReasonConfig.model_fields)}")
+    try:
+        merged = ReasonConfig.model_validate({**(config or ReasonConfig()).model_dump(), **given})
+    except ValueError as exc:
+        raise InputError(f"invalid reasoning settings: {exc}") from exc
+    chosen = merged.model_dump() if config is not None else {k: getattr(merged, k) for k in given}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    if not isinstance(problem, str):
+        raise InputError(f"the problem must be text, not {type(problem).__name__}")
+    body: dict[str, Any] = {
+        "problem": problem,
+        "steps": [s.action if isinstance(s, Step) else s for s in steps],
+        "stream": True,
+        "limits": {k: chosen[k] for k in _LIMIT_FIELDS if k in chosen},
+        "sampling": {k: chosen[k] for k in _SAMPLING_FIELDS if k in chosen},
+    }
+    body.update({k: chosen[k] for k in _TOP_FIELDS if k in chosen})
+    return body
+
+
+def _error_from_response(response: httpx.Response) -> APIError:
+    try:
+        body = response.json()
+        message = body.get("error", {}).get("message") or body.get("detail") or response.text
+    except (ValueError, AttributeError):
+        body, message = response.text, response.text or response.reason_phrase
+    return status_error(response.status_code, str(message), body)
+
+
+def _decode(event: ServerSentEvent) -> Step | Trace | None:
+    """step -> Step, done -> Trace, error -> raised, token / unknown -> None."""
+    if event.event == "step":
+        return Step.model_validate_json(event.data)
+    if event.event == "done":
+        return Trace.model_validate_json(event.data)
+    if event.event == "error":
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            data = {"message": event.data}
+        kind = data.get("type", "error")
+        raise status_error(int(data.get("status", 500)), f"the run failed: {kind}: {data.get('message')}", data)
+    return None
+
+
+def _trace_id(event_id: str | None) -> str | None:
+    if not event_id or ":" not in event_id:
+        return None
+    return event_id.rpartition(":")[0]
+
+
+class RemoteBackend:
+    """Talks to `srl serve`. Used by Reasoner / AsyncReasoner when the model is an http(s) URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        config: ReasonConfig | None = None,
+        max_retries: int = MAX_RETRIES,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.config = config
+        self.max_retries = max(0, int(max_retries))
+        self.timeout = default_timeout(timeout)
+        self.headers = {"Accept": "text/event-stream"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
+        return self._client
+
+    @property
+    def aclient(self) -> httpx.AsyncClient:
+        if self._aclient is None:
+            self._aclient = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
+        return self._aclient
+
+    def _request_for(self, body: dict[str, Any], last_id: str | None) -> tuple[str, str, dict[str, Any]]:
+        if last_id is None:
+            return "POST", f"{self.url}/v1/reason", {"json": body}
+        trace_id = _trace_id(last_id)
+        return "GET", f"{self.url}/v1/traces/{trace_id}/events", {"headers": {"Last-Event-ID": last_id}}
+
+    def _give_up(self, exc: httpx.TransportError, attempts: int) -> APIError | None:
+        """None to retry; else the typed error to raise."""
+        if attempts <= self.max_retries and not isinstance(exc, httpx.ReadTimeout):
+            return None
+        if isinstance(exc, httpx.TimeoutException):
+            return APITimeoutError(
+                f"{self.url} did not answer in time ({exc!r}); raise the client timeout (timeout=...) "
+                "or lower max_steps / token limits"
+            )
+        return APIConnectionError(f"cannot reach the srl server at {self.url} ({exc!r}); is `srl serve` running there?")
+
+    # -- sync ---------------------------------------------------------------------------------
+    def run(
+        self,
+        problem: str,
+        steps: Sequence[str | Step],
+        overrides: dict[str, Any],
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Step | Trace]:
+        body = reason_body(self.config, problem, steps, overrides)
+        last_id: str | None = None
+        attempts = 0
+        while True:
+            method, url, kwargs = self._request_for(body, last_id)
+            try:
+                with self.client.stream(method, url, **kwargs) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise _error_from_response(response)
+                    for event in EventSource(response).iter_sse():
+                        if event.id:
+                            last_id = event.id
+                        item = _decode(event)
+                        if item is not None:
+                            yield item
+                            if isinstance(item, Trace):
+                                return
+                        if cancel is not None and cancel.is_set():
+                            return  # leaving the stream makes the server cancel the run
+                    raise httpx.RemoteProtocolError("the stream ended before its done event")
+            except httpx.TransportError as exc:
+                attempts += 1
+                error = self._give_up(exc, attempts)
+                if error is not None:
+                    raise error from exc
+                time.sleep(BACKOFF_S * 2 ** (attempts - 1))
+
+    def get_trace(self, trace_id: str) -> Trace:
+        try:
+            response = self.client.get(f"{self.url}/v1/traces/{trace_id}", headers={"Accept": "application/json"})
+        except httpx.TransportError as exc:
+            raise self._give_up(exc, self.max_retries + 1) from exc  # type: ignore[misc]
+        if response.status_code >= 400:
+            raise _error_from_response(response)
+        return Trace.model_validate_json(response.content)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- async --------------------------------------------------------------------------------
+    async def arun(
+        self,
+        problem: str,
+        steps: Sequence[str | Step],
+        overrides: dict[str, Any],
+    ) -> AsyncIterator[Step | Trace]:
+        body = reason_body(self.config, problem, steps, overrides)
+        last_id: str | None = None
+        attempts = 0
+        while True:
+            method, url, kwargs = self._request_for(body, last_id)
+            try:
+                async with self.aclient.stream(method, url, **kwargs) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _error_from_response(response)
+                    async for event in EventSource(response).aiter_sse():
+                        if event.id:
+                            last_id = event.id
+                        item = _decode(event)
+                        if item is not None:
+                            yield item
+                            if isinstance(item, Trace):
+                                return
+                    raise httpx.RemoteProtocolError("the stream ended before its done event")
+            except httpx.TransportError as exc:
+                attempts += 1
+                error = self._give_up(exc, attempts)
+                if error is not None:
+                    raise error from exc
+                await asyncio.sleep(BACKOFF_S * 2 ** (attempts - 1))
+
+    async def aget_trace(self, trace_id: str) -> Trace:
+        try:
+            response = await self.aclient.get(f"{self.url}/v1/traces/{trace_id}",
+                                              headers={"Accept": "application/json"})
+        except httpx.TransportError as exc:
+            raise self._give_up(exc, self.max_retries + 1) from exc  # type: ignore[misc]
+        if response.status_code >= 400:
+            raise _error_from_response(response)
+        return Trace.model_validate_json(response.content)
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
+        self.close()

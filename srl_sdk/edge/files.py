@@ -1,0 +1,92 @@
+"""Atomic build outputs: a build appears under its final name complete, or not at all.
+
+Exports take seconds to minutes and can be killed, run out of disk, or fail half way. Everything
+is written under a hidden temporary name in the destination folder (same file system, so the
+final `os.replace` is atomic) and renamed only after it is complete; on any failure the
+temporary is removed. A full disk (ENOSPC) becomes an ExportError that says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from srl_sdk.errors import ExportError
+
+
+def disk_full_error(path: Path, exc: OSError) -> ExportError:
+    return ExportError(
+        f"the disk filled up while writing {path} ({exc.strerror or exc}); nothing was left under "
+        "the final name: free some space (or pass --out on another disk) and run the export again"
+    )
+
+
+@contextlib.contextmanager
+def staged_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success it is renamed to `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        if not temp.is_file() or temp.stat().st_size == 0:
+            raise ExportError(f"the export wrote nothing to {final}; see the messages above")
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; a build is an ordinary file
+        os.replace(temp, final)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise disk_full_error(final, exc) from exc
+        raise ExportError(f"could not write {final}: {exc}") from exc
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success it replaces `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        yield temp
+        if not any(temp.iterdir()):
+            raise ExportError(f"the export wrote nothing to {final}; see the messages above")
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(temp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, final)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise disk_full_error(final, exc) from exc
+        raise ExportError(f"could not write {final}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

@@ -1,0 +1,196 @@
+"""llama.cpp engine (llama-cpp-python): the CPU default and the edge runtime for GGUF builds.
+
+Three traps of llama-cpp-python are handled here rather than left to callers:
+- its default context is 512 tokens, too small for a problem plus steps: we always pass n_ctx;
+- its built-in logprobs need `logits_all=True` (about 5x slower here, and reported one position
+  off, llama-cpp-python #1983): we read the last position's logits ourselves after each sampled
+  token and take that token's log-probability from them;
+- one context serves one sequence at a time: a lock makes concurrent callers wait their turn.
+Its automatic prefix reuse means a stepwise loop only evaluates the new tokens of each step.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from srl_sdk.engines.base import Engine, SamplingParams, StopMatcher, TokenEvent, log_softmax_at
+from srl_sdk.engines.models import resolve_gguf
+from srl_sdk.errors import ContextOverflowError, EngineError, ModelError, require
+
+DEFAULT_N_CTX = 4096
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class LlamaCppEngine(Engine):
+    """A GGUF model in llama.cpp. `model` is a path to a .gguf file or the alias 'smollm2'."""
+
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = "smollm2",
+        *,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        seed: int = 0,
+    ) -> None:
+        llama_cpp = require("llama_cpp", "serve", package="llama-cpp-python")
+        path: Path = resolve_gguf(model)
+        self.path = path
+        self.n_threads = n_threads or default_threads()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                n_batch=n_batch,
+                logits_all=False,
+                seed=seed,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"llama.cpp could not load {path}: {exc}; the file may be truncated or not a model") from exc
+        self._llama_cpp = llama_cpp
+        self._lock = threading.Lock()
+        self._eog = {self._llm.token_eos()}
+        metadata = self._llm.metadata or {}
+        self._template = metadata.get("tokenizer.chat_template")
+        vocab_tokens = self._llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
+        if len(vocab_tokens) == 1:
+            self._eog.add(vocab_tokens[0])
+        self._bos_text = self._token_text(self._llm.token_bos())
+        self._eos_text = self._token_text(self._llm.token_eos())
+        name = metadata.get("general.name") or path.stem
+        super().__init__(model_id=str(name), context_length=self._llm.n_ctx())
+        self.closed = False
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        if not self._template:
+            # no template in the file: a plain transcript the model can still continue
+            text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+            return text + ("\n\nassistant: " if add_generation_prompt else "")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        formatter = Jinja2ChatFormatter(
+            template=self._template,
+            eos_token=self._eos_text,
+            bos_token=self._bos_text,
+            add_generation_prompt=add_generation_prompt,
+        )
+        return formatter(messages=list(messages)).prompt
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text))
+
+    def stream(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[TokenEvent]:
+        if self.closed:
+            raise EngineError("this engine was closed; create a new one")
+        tokens = self._tokenize(prompt)
+        room = self.context_length - len(tokens)
+        if room < 1:
+            raise ContextOverflowError(len(tokens), self.context_length)
+        budget = min(params.max_tokens, room)
+        return self._decode(tokens, params, budget, cancel)
+
+    def _decode(
+        self,
+        tokens: list[int],
+        params: SamplingParams,
+        budget: int,
+        cancel: threading.Event | None,
+    ) -> Iterator[TokenEvent]:
+        llm = self._llm
+        with self._lock:
+            if params.seed is not None:
+                llm.set_seed(params.seed)
+            generator = llm.generate(
+                tokens,
+                top_k=params.top_k if params.temperature > 0 else 1,
+                top_p=params.top_p,
+                min_p=0.0,
+                temp=params.temperature,
+                repeat_penalty=1.0,
+                reset=True,
+            )
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            matcher = StopMatcher(params.stop)
+            n_vocab = llm.n_vocab()
+            finish = "length"
+            produced = 0
+            try:
+                for token in generator:
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    if token in self._eog:
+                        finish = "stop"
+                        break
+                    logits = self._last_logits(n_vocab)
+                    logprob = log_softmax_at(logits, token)
+                    piece = decoder.decode(llm.detokenize([token], special=False))
+                    produced += 1
+                    text, hit = matcher.feed(piece)
+                    if text or not hit:
+                        yield TokenEvent(text=text, token_id=token, logprob=logprob)
+                    if hit:
+                        finish = "stop"
+                        break
+                    if produced >= budget:
+                        finish = "length"
+                        break
+                else:
+                    finish = "stop"
+            finally:
+                generator.close()
+            tail = matcher.flush() + decoder.decode(b"", final=True)
+            yield TokenEvent(text=tail, finish_reason=finish, matched_stop=matcher.matched)  # type: ignore[arg-type]
+
+    def _last_logits(self, n_vocab: int):
+        import numpy as np
+
+        pointer = self._llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+        if not pointer:
+            raise EngineError("llama.cpp returned no logits for the last position")
+        return np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+
+    def perf(self) -> dict[str, float]:
+        """llama.cpp's own counters: prompt and decode token counts and milliseconds."""
+        data = self._llama_cpp.llama_perf_context(self._llm._ctx.ctx)
+        return {
+            "prompt_tokens": data.n_p_eval,
+            "prompt_ms": data.t_p_eval_ms,
+            "decode_tokens": data.n_eval,
+            "decode_ms": data.t_eval_ms,
+        }
+
+    def info(self) -> dict[str, object]:
+        return {**super().info(), "path": str(self.path), "n_threads": self.n_threads}
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with self._lock:
+            self._llm.close()

@@ -1,0 +1,105 @@
+"""Build and run the LitServe server from a ServerConfig.
+
+Shutdown: LitServe 0.2.19 shuts down cleanly on SIGINT only; SIGTERM would kill the main process
+and orphan the uvicorn child that holds the port. So both signals raise KeyboardInterrupt here
+(SIGINT explicitly too: a process started in the background from a non-interactive shell
+inherits SIGINT *ignored*), and LitServe's graceful path stops uvicorn and the workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+from typing import Any
+
+from srl_sdk.errors import require
+from srl_sdk.serving.config import ServerConfig
+
+LITSERVE_VERSION = "0.2.19"  # spec.py uses semi-internal attributes of exactly this version
+
+
+def _check_litserve() -> Any:
+    litserve = require("litserve", "serve")
+    if getattr(litserve, "__version__", None) != LITSERVE_VERSION:
+        from srl_sdk.errors import ConfigError
+
+        raise ConfigError(
+            f"srl serve needs litserve=={LITSERVE_VERSION} (found {litserve.__version__}); "
+            f"install it with: pip install 'litserve=={LITSERVE_VERSION}'"
+        )
+    return litserve
+
+
+def build_server(config: ServerConfig, cancel_flags: Any):
+    """The LitServer with our spec's routes, error handlers and HTTP metrics (not started)."""
+    litserve = _check_litserve()
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from srl_sdk.serving.worker import StepAPI
+
+    api = StepAPI(config, cancel_flags)
+    server = litserve.LitServer(
+        api,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        workers_per_device=config.workers,
+        timeout=config.limits.queue_timeout_s,
+        model_metadata={"model": config.model_name, "engine": config.engine},
+    )
+
+    async def http_error(request, exc: StarletteHTTPException):
+        kind = {401: "authentication_error", 403: "permission_denied", 404: "not_found",
+                405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"type": kind, "message": str(exc.detail), "code": exc.status_code}},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def validation_error(request, exc: RequestValidationError):
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": {"type": "invalid_request", "message": details, "code": 422}}, status_code=422)
+
+    server.app.add_exception_handler(StarletteHTTPException, http_error)
+    server.app.add_exception_handler(RequestValidationError, validation_error)
+    try:
+        from prometheus_fastapi_instrumentator import Instrumentator
+
+        from srl_sdk.serving import metrics
+
+        Instrumentator(registry=metrics.REGISTRY, excluded_handlers=["/metrics", "/health"]).instrument(server.app)
+    except ImportError:  # HTTP-level metrics are a bonus; the srl_* counters do not need it
+        pass
+    return server
+
+
+_MAIN_PID: list[int] = []
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """Main process: LitServe's graceful shutdown. Forked uvicorn child (it re-raises the signal
+    after its own graceful exit): just exit quietly."""
+    import os
+
+    if _MAIN_PID and os.getpid() != _MAIN_PID[0]:
+        raise SystemExit(0)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def serve(config: ServerConfig) -> None:
+    """Run until SIGINT / SIGTERM. Blocks."""
+    _check_litserve()
+    with mp.Manager() as manager:
+        cancel_flags = manager.dict()
+        server = build_server(config, cancel_flags)
+        import os
+
+        _MAIN_PID[:] = [os.getpid()]
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+        server.run(
+            host=config.host,
+            port=config.port,
+            num_api_servers=1,  # one API process: metrics and the cancel relay live in one place
+            log_level=config.log_level,
+            generate_client_file=False,
+        )

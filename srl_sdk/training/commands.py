@@ -1,0 +1,82 @@
+"""`srl train` and `srl eval`. Heavy libraries are imported inside the commands only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    from srl_sdk.cli import console, err_console, friendly_errors
+
+    @app.command("train")
+    @friendly_errors
+    def train_command(
+        recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe, e.g. training/cpu-smollm2-gsm8k.yaml"),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<recipe name>)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --output."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override every stage's max_steps."),
+    ) -> None:
+        """Train with a recipe: SFT, SRL, RLVR or SRL then RLVR (TRL + PEFT)."""
+        from srl_sdk.training.recipe import load_recipe
+        from srl_sdk.training.trainers import train
+
+        parsed = load_recipe(recipe)
+        if max_steps is not None:
+            for name in parsed.stages():
+                parsed.stage(name).max_steps = max_steps
+        out = output or Path("runs") / parsed.name
+        console.print(f"[bold]Training[/] {parsed.name} ({parsed.method}, model {parsed.model}) → {out}")
+        result = train(parsed, out, resume=resume, overwrite=overwrite)
+        err_console.print(f"data: {result.data_report.summary()}")
+        for stage in result.stages:
+            note = " (already finished)" if stage.skipped else (f" (resumed from {stage.resumed_from.name})" if stage.resumed_from else "")
+            console.print(f"  {stage.stage}: {stage.global_step} steps{note} → {stage.final_model}")
+        if result.plot:
+            console.print(f"  curves: {result.plot}")
+        console.print(f"[green]done[/]: evaluate with  srl eval --run {out}")
+
+    @app.command("eval")
+    @friendly_errors
+    def eval_command(
+        run: Optional[Path] = typer.Option(None, "--run", help="A training run: its held-out problems; base vs trained model."),
+        model: list[str] = typer.Option([], "--model", "-m", help="A model to evaluate, as LABEL=PATH or PATH (repeatable)."),
+        engine: Optional[str] = typer.Option(None, help="llama.cpp | transformers (default: from the model files)."),
+        data: str = typer.Option("gsm8k", help="Without --run: gsm8k or a JSONL file of expert trajectories."),
+        limit: int = typer.Option(20, "--limit", min=1, help="Held-out problems to solve."),
+        step_instances: int = typer.Option(40, "--step-instances", min=0, help="Held-out SRL instances for step similarity."),
+        k: int = typer.Option(0, "--k", min=0, help="avg@k samples per problem (0: greedy only)."),
+        validation_size: int = typer.Option(50, help="Without --run: problems held out of the data."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write eval.md and eval.json here."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the engine."),
+    ) -> None:
+        """Held-out accuracy, step similarity, format rate, steps and tokens: a before/after table."""
+        from srl_sdk.errors import InputError
+        from srl_sdk.training.data import DataConfig
+        from srl_sdk.training.evaluate import EvalConfig, evaluate, held_out_problems
+
+        pairs: list[tuple[str, str]] = []
+        for item in model:
+            label, sep, path = item.partition("=")
+            pairs.append((label, path) if sep else (Path(item).name, item))
+        if run is not None and not pairs:
+            from srl_sdk.training.recipe import load_recipe
+
+            recipe = load_recipe(run / "recipe.yaml")
+            last = run / recipe.stages()[-1] / "final"
+            if not last.is_dir():
+                raise InputError(f"{last} does not exist: the run is unfinished; finish it with srl train --resume")
+            pairs = [("base", recipe.model), ("trained", str(last))]
+        if not pairs:
+            raise InputError("name models with --model LABEL=PATH (repeatable) or pass --run RUN_DIR")
+        config = None
+        if run is None:
+            config = DataConfig(source="gsm8k") if data == "gsm8k" else DataConfig(source="jsonl", path=Path(data))
+            config.validation_size = validation_size
+        problems = held_out_problems(run, config)
+        eval_config = EvalConfig(max_problems=limit, max_step_instances=step_instances, k=k, n_threads=threads)
+        report = evaluate(pairs, problems, eval_config, engine=engine, out_dir=out or (run / "eval" if run else None))
+        console.print(report.markdown())

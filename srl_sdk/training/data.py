@@ -1,0 +1,354 @@
+"""Training data: expert trajectories -> SRL instances, SFT examples and RLVR examples.
+
+Sources: a JSONL file of expert trajectories, GSM8K (`{"question","answer"}` lines, the shared
+copy lives in ../shared/data/gsm8k), or a Hugging Face dataset by name. Every row that cannot be
+used is counted in a `DropReport` with its reason instead of crashing the run: a bad line in a
+7,000-line file should cost that line, not the afternoon.
+
+Three example kinds come out, all speaking the one step protocol of `srl_sdk.core.format`:
+- SRL (one per expert step k): prompt = the step prompt for (problem, expert steps 1..k-1) ending
+  with the `<think>` prefill, `expert_step` = step k (the reward compares against it).
+- SFT: the paper's SFT baseline fine-tunes on WHOLE expert solutions (`sft_mode="solution"`:
+  prompt = the free-mode prompt, completion = the solution one step per line + `#### answer`).
+  `sft_mode="step"` instead teaches the stepwise protocol directly (completion = `</think>` +
+  the expert step, an empty thought, since experts wrote none).
+- RLVR: the free-mode prompt and the reference answer (outcome reward), numeric answers only.
+
+The train/validation split is by trajectory (problem), never by step: steps of one solution in
+both sets would leak the answer into validation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from srl_sdk.core.answers import extract_answer, parse_number
+from srl_sdk.core.format import FINAL_MARKER, THINK_CLOSE, THINK_OPEN, free_messages, step_messages
+from srl_sdk.core.splitting import ExpertSolution, SplitStyle, split_solution
+from srl_sdk.errors import ConfigError, InputError, require
+
+__all__ = [
+    "DataConfig",
+    "DropReport",
+    "TrainValSplit",
+    "default_gsm8k_path",
+    "load_trajectories",
+    "split_by_trajectory",
+    "srl_examples",
+    "sft_examples",
+    "rlvr_examples",
+    "chat_prompt_renderer",
+]
+
+# Reasons a row is dropped (the keys of DropReport.counts).
+NOT_JSON = "not_json"
+NOT_AN_OBJECT = "not_an_object"
+NO_PROBLEM = "no_problem"
+NO_SOLUTION = "no_solution"
+EMPTY_STEPS = "empty_steps"
+ONE_STEP = "one_step"
+NO_ANSWER = "no_answer"
+DUPLICATE_PROBLEM = "duplicate_problem"
+NON_NUMERIC_ANSWER = "non_numeric_answer_for_rlvr"
+NOT_UTF8 = "not_utf8"
+
+
+def default_gsm8k_path() -> Path:
+    """<repo root>/../shared/data/gsm8k/train.jsonl (CI clones the repo with ../shared beside it)."""
+    repo_root = Path(__file__).resolve().parents[2]
+    return repo_root.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+class DataConfig(BaseModel):
+    """Where expert trajectories come from and how they are cut and split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["gsm8k", "jsonl", "hf"] = "gsm8k"
+    path: Path | None = Field(default=None, description="JSONL file (gsm8k: default ../shared copy)")
+    hf_name: str | None = Field(default=None, description="Hugging Face dataset id, e.g. simplescaling/s1K-1.1")
+    hf_config: str | None = None
+    hf_split: str = "train"
+    problem_field: str | None = Field(default=None, description="default: problem, else question")
+    solution_field: str | None = Field(default=None, description="default: solution (gsm8k: answer)")
+    steps_field: str | None = Field(default=None, description="default: steps (a list of strings)")
+    answer_field: str | None = Field(default=None, description="default: answer (when not a solution)")
+    split_style: SplitStyle = "auto"
+    split_pattern: str | None = None
+    keep_calculator_notes: bool = Field(default=False, description="GSM8K <<48/2=24>> notes")
+    limit: int | None = Field(default=None, ge=1, description="read at most this many usable trajectories")
+    validation_size: int | None = Field(default=None, ge=0, description="held-out trajectories (wins over fraction)")
+    validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    seed: int = 0
+    min_steps: int = Field(default=2, ge=1, description="shorter solutions are dropped (one_step)")
+
+
+class DropReport(BaseModel):
+    """What was read, what was kept, and every dropped row counted by reason."""
+
+    read: int = 0
+    kept: int = 0
+    counts: dict[str, int] = Field(default_factory=dict)
+    examples: dict[str, list[str]] = Field(default_factory=dict, description="first few locations per reason")
+
+    def drop(self, reason: str, where: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        seen = self.examples.setdefault(reason, [])
+        if len(seen) < 5:
+            seen.append(where)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "none"
+        return f"read {self.read} rows, kept {self.kept}, dropped {self.dropped} ({parts})"
+
+
+class TrainValSplit(BaseModel):
+    train: list[ExpertSolution]
+    validation: list[ExpertSolution]
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _field(row: dict[str, Any], explicit: str | None, defaults: Sequence[str]) -> Any:
+    if explicit is not None:
+        return row.get(explicit)
+    for name in defaults:
+        if row.get(name) is not None:
+            return row[name]
+    return None
+
+
+def _with_final_marker(steps: list[str], answer: str) -> list[str]:
+    """The last step carries `#### answer`, as the step protocol asks of a final step."""
+    if extract_answer(steps[-1]) is None:
+        steps = steps[:-1] + [f"{steps[-1].rstrip()} {FINAL_MARKER} {answer}"]
+    return steps
+
+
+def _normalise_problem(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def parse_row(row: Any, where: str, config: DataConfig, report: DropReport) -> ExpertSolution | None:
+    """One raw record -> an ExpertSolution, or None with the reason counted."""
+    if not isinstance(row, dict):
+        report.drop(NOT_AN_OBJECT, where)
+        return None
+    gsm8k = config.source == "gsm8k"
+    problem = _field(row, config.problem_field, ("problem", "question"))
+    if not isinstance(problem, str) or not problem.strip():
+        report.drop(NO_PROBLEM, where)
+        return None
+    solution = _field(row, config.solution_field, ("answer",) if gsm8k else ("solution",))
+    steps_value = None if gsm8k else _field(row, config.steps_field, ("steps",))
+    if isinstance(steps_value, list):
+        steps = [s.strip() for s in steps_value if isinstance(s, str) and s.strip()]
+        solution_text = "\n".join(steps)
+    elif isinstance(solution, str):
+        solution_text = solution
+        try:
+            steps = split_solution(
+                solution, config.split_style, config.split_pattern,
+                keep_calculator_notes=config.keep_calculator_notes,
+            )
+        except InputError:
+            raise  # a bad split pattern is a config error for every row, not a bad row
+    else:
+        report.drop(NO_SOLUTION, where)
+        return None
+    if not steps:
+        report.drop(EMPTY_STEPS, where)
+        return None
+    if len(steps) < config.min_steps:
+        report.drop(ONE_STEP, where)
+        return None
+    answer = None if gsm8k else _field(row, config.answer_field, ("answer",))
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if not isinstance(answer, str) or not answer.strip():
+        answer = extract_answer(solution_text if not isinstance(solution, str) else solution)
+    if answer is None:
+        answer = extract_answer(steps[-1])
+    if answer is None or not str(answer).strip():
+        report.drop(NO_ANSWER, where)
+        return None
+    answer = str(answer).strip()
+    return ExpertSolution(problem=problem.strip(), steps=_with_final_marker(steps, answer), answer=answer, id=where)
+
+
+def _jsonl_rows(path: Path, report: DropReport) -> Iterator[tuple[str, Any]]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}; check the path in the recipe's data.path") from exc
+    with handle:
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path.name}:{lineno}"
+            if not raw.strip():
+                continue
+            report.read += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                report.drop(NOT_UTF8, where)
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError:
+                report.drop(NOT_JSON, where)
+
+
+def _hf_rows(config: DataConfig, report: DropReport) -> Iterator[tuple[str, Any]]:
+    datasets = require("datasets", "train")
+    if not config.hf_name:
+        raise ConfigError("data.source 'hf' needs data.hf_name, e.g. simplescaling/s1K-1.1")
+    try:
+        dataset = datasets.load_dataset(config.hf_name, config.hf_config, split=config.hf_split)
+    except Exception as exc:  # hub errors come in many types
+        raise InputError(
+            f"cannot load the Hugging Face dataset {config.hf_name!r} ({type(exc).__name__}: {exc}); "
+            "check the name and that this machine can reach the hub, or export it to JSONL and use source: jsonl"
+        ) from exc
+    for index, row in enumerate(dataset):
+        report.read += 1
+        yield f"{config.hf_name}[{index}]", dict(row)
+
+
+def load_trajectories(config: DataConfig) -> tuple[list[ExpertSolution], DropReport]:
+    """All usable expert trajectories of the configured source, and the report of dropped rows."""
+    report = DropReport()
+    if config.source == "hf":
+        rows: Iterable[tuple[str, Any]] = _hf_rows(config, report)
+    else:
+        path = config.path or (default_gsm8k_path() if config.source == "gsm8k" else None)
+        if path is None:
+            raise ConfigError("data.source 'jsonl' needs data.path (a JSONL file of expert trajectories)")
+        rows = _jsonl_rows(Path(path).expanduser(), report)
+    seen: set[str] = set()
+    out: list[ExpertSolution] = []
+    for where, row in rows:
+        item = parse_row(row, where, config, report)
+        if item is None:
+            continue
+        key = _normalise_problem(item.problem)
+        if key in seen:
+            report.drop(DUPLICATE_PROBLEM, where)
+            continue
+        seen.add(key)
+        out.append(item)
+        if config.limit is not None and len(out) >= config.limit:
+            break
+    report.kept = len(out)
+    if not out:
+        raise InputError(f"no usable expert trajectories: {report.summary()}; check data.source and the field names")
+    return out, report
+
+
+def split_by_trajectory(items: Sequence[ExpertSolution], config: DataConfig) -> TrainValSplit:
+    """Shuffle whole trajectories (seeded) and hold some out; steps never cross the split."""
+    order = list(items)
+    random.Random(config.seed).shuffle(order)
+    n_val = config.validation_size if config.validation_size is not None else round(len(order) * config.validation_fraction)
+    n_val = min(n_val, max(0, len(order) - 1))  # always leave something to train on
+    return TrainValSplit(train=order[n_val:], validation=order[:n_val])
+
+
+# -- examples -----------------------------------------------------------------------------------
+
+PromptRenderer = Callable[[list[dict[str, str]]], str]
+
+
+def chat_prompt_renderer(tokenizer) -> PromptRenderer:
+    """Messages -> the exact prompt text the model sees (its chat template + generation prompt).
+
+    The same text the inference engines render (`Engine.render`), so training matches serving.
+    """
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    return render
+
+
+def srl_examples(items: Sequence[ExpertSolution], render: PromptRenderer) -> list[dict[str, Any]]:
+    """One example per expert step k (k = 1..N): prompt ends with the `<think>` prefill.
+
+    The driver prefills `<think>` at inference, so the completion the policy is trained to write
+    is `monologue</think>\\nstep` — exactly what it will write when served. Step 1 is included
+    (the driver starts from no steps).
+    """
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        for k, step in enumerate(item.steps, start=1):
+            rows.append(
+                {
+                    "prompt": render(step_messages(item.problem, item.steps[: k - 1])) + THINK_OPEN,
+                    "expert_step": step,
+                    "problem": item.problem,
+                    "problem_id": item.id or "",
+                    "step_index": k,
+                    "answer": item.answer or "",
+                }
+            )
+    return rows
+
+
+def solution_text(item: ExpertSolution) -> str:
+    """A whole expert solution as free mode writes it: one step per line, the last with ####."""
+    return "\n".join(item.steps)
+
+
+def sft_examples(
+    items: Sequence[ExpertSolution],
+    render: PromptRenderer,
+    mode: Literal["solution", "step"] = "solution",
+) -> list[dict[str, Any]]:
+    """prompt/completion pairs (TRL's SFTTrainer trains on the completion only)."""
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        if mode == "solution":
+            rows.append({"prompt": render(free_messages(item.problem)), "completion": solution_text(item)})
+            continue
+        for k, step in enumerate(item.steps, start=1):
+            rows.append(
+                {
+                    "prompt": render(step_messages(item.problem, item.steps[: k - 1])) + THINK_OPEN,
+                    "completion": f"{THINK_CLOSE}\n{step}",
+                }
+            )
+    return rows
+
+
+def rlvr_examples(
+    items: Sequence[ExpertSolution],
+    render: PromptRenderer,
+    report: DropReport | None = None,
+) -> list[dict[str, Any]]:
+    """Problem + reference answer for the outcome reward (free-mode prompt: the whole solution).
+
+    Non-numeric answers are dropped (counted in `report`): the outcome reward compares numbers
+    exactly, and a symbolic answer it cannot judge would teach noise.
+    """
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        if item.answer is None or parse_number(item.answer) is None:
+            if report is not None:
+                report.drop(NON_NUMERIC_ANSWER, item.id or item.problem[:40])
+            continue
+        rows.append({"prompt": render(free_messages(item.problem)), "answer": item.answer, "problem": item.problem})
+    return rows
+
+
+def reason_counts(report: DropReport) -> Counter[str]:
+    return Counter(report.counts)

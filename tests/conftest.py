@@ -1,0 +1,51 @@
+"""Shared fixtures: the real embedded model (llama.cpp) loaded once, and real GSM8K data.
+
+Nothing here fakes a model: tests that need one get SmolLM2 through llama.cpp. A missing model or
+data file fails the run loudly (these are installed by the README's test command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+GSM8K_TRAIN = SHARED_DATA / "gsm8k" / "train.jsonl"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_srl_home(tmp_path_factory):
+    """Never write to the user's ~/.srl from tests."""
+    os.environ["SRL_HOME"] = str(tmp_path_factory.mktemp("srl_home"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def gsm8k_path() -> Path:
+    assert GSM8K_TRAIN.is_file(), f"GSM8K data missing at {GSM8K_TRAIN}: CI needs ../shared beside the repo"
+    return GSM8K_TRAIN
+
+
+@pytest.fixture(scope="session")
+def gsm8k_rows(gsm8k_path) -> list[dict]:
+    rows = []
+    with gsm8k_path.open(encoding="utf-8") as handle:
+        for i, line in enumerate(handle):
+            if i >= 50:
+                break
+            rows.append(json.loads(line))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def llama_engine():
+    """The embedded default (SmolLM2 Q4_1 GGUF) in llama.cpp, loaded once per test session."""
+    from srl_sdk.engines.llama_cpp import LlamaCppEngine
+
+    engine = LlamaCppEngine("smollm2", n_ctx=2048, n_threads=2)
+    yield engine
+    engine.close()
