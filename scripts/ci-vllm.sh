@@ -2,6 +2,7 @@
 # CI stage: build or reuse the vLLM CPU environment, then run the vLLM tests in it.
 #
 #   bash scripts/ci-vllm.sh [extra pytest args]
+#   SRL_VLLM_TESTS=tests/vllm/test_vllm_engine.py bash scripts/ci-vllm.sh -x   # a subset
 #
 # The main suite never needs vLLM (it runs with `--ignore=tests/vllm`); this stage runs
 # `pytest -m vllm tests/vllm` with the venv made by scripts/vllm-env.sh. Engines use enforce_eager
@@ -26,7 +27,7 @@ export HF_HUB_OFFLINE=1
 
 cd "$repo"
 status=0
-"$python" -m pytest -m vllm tests/vllm -p no:cacheprovider --timeout=900 "$@" || status=$?
+"$python" -m pytest -m vllm ${SRL_VLLM_TESTS:-tests/vllm} -p no:cacheprovider --timeout=900 "$@" || status=$?
 end=$(date +%s)
 echo "ci-vllm: environment $(( env_done - stage_start )) s, tests $(( end - env_done )) s, stage $(( end - stage_start )) s (exit $status)"
 exit $status

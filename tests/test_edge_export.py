@@ -123,10 +123,12 @@ def test_lora_adapter_is_merged_into_its_base(hf_dir, tmp_path):
 def test_disk_full_leaves_no_build_and_no_temp(hf_dir, tmp_path, monkeypatch):
     import srl_sdk.edge.gguf_export as gguf_export
 
-    def full_disk(src, dst, quant, n_threads=2):
+    def disk_fills_while_converting(hf, out_file, outtype="f16"):
+        with open(out_file, "wb") as handle:
+            handle.write(b"GGUF" + b"\0" * 4096)  # a partial intermediate must be cleaned up too
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gguf_export, "quantize", full_disk)
+    monkeypatch.setattr(gguf_export, "convert_official", disk_fills_while_converting)
     with pytest.raises(ExportError, match="disk filled up"):
         export_gguf(hf_dir, GGUFExportConfig(quant="q4_0", out=tmp_path / "full.gguf", converter="official"))
     assert list(tmp_path.iterdir()) == []

@@ -64,15 +64,21 @@ SCRIPT = textwrap.dedent("""
     else:
         raise SystemExit("import torch worked")
     from srl_sdk import Reasoner
+    from srl_sdk.engines.base import SamplingParams
     from srl_sdk.reasoning.driver import ReasonConfig
     for model in sys.argv[1:]:
         reasoner = Reasoner.local(model, store=False, config=ReasonConfig(max_steps=2, max_thought_tokens=32,
                                   max_action_tokens=48), n_threads=2)
-        trace = reasoner.solve("Tom has 3 apples and buys 4 more. How many apples does he have?")
-        assert trace.steps, model
+        trace = reasoner.solve("A baker made 12 cakes and sold 5. How many cakes are left?")
+        assert trace.finish_reason is not None, model
         for step in trace.steps:
-            print(f"{reasoner._backend.engine.name} step {step.index}: {step.action}")
-        print("ENGINE", reasoner._backend.engine.name, len(trace.steps))
+            print(f"{trace.engine} step {step.index}: {step.action}")
+        # the untrained model may end its turn without a step; the runtime must still decode
+        engine = reasoner._backend.engine
+        events = list(engine.stream(engine.render([{"role": "user", "content": "Say hi."}]),
+                                    SamplingParams(max_tokens=8)))
+        assert "".join(e.text for e in events).strip() and events[-1].finish_reason, model
+        print("ENGINE", trace.engine, len(trace.steps), trace.finish_reason)
         assert "torch" not in sys.modules
 """)
 

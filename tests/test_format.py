@@ -54,11 +54,6 @@ def test_non_str_input(value):
     assert isinstance(p.action, str) and isinstance(p.thought, str)
 
 
-@pytest.mark.xfail(
-    reason="format._STEP_LABEL treats a leading decimal or clock time as a step label "
-    "('2.5 * 5' -> '5 * 5', '8:00 PM' -> '00 PM')",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["2.5 * 5 = 12.5", "8:00 PM is late"])
 def test_leading_numbers_are_not_labels(text):
     assert strip_step_label(text) == text

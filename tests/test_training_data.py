@@ -131,7 +131,7 @@ def test_split_is_by_trajectory_so_no_problem_leaks() -> None:
 
 def test_recipes_in_training_folder_validate() -> None:
     cpu = load_recipe(REPO / "training" / "cpu-smollm2-gsm8k.yaml")
-    assert cpu.method == "srl" and cpu.model == "smollm2" and cpu.lora.r == 16
+    assert cpu.stages() == ["sft", "srl"] and cpu.model == "smollm2" and cpu.lora.r == 16
     assert len(cpu.lora.target_modules) == 7
     paper = load_recipe(REPO / "training" / "paper-qwen2.5-7b-s1k.yaml")
     assert paper.stages() == ["srl", "rlvr"] and paper.srl.num_generations == 8

@@ -48,7 +48,8 @@ FREE_INSTRUCTION = (
     "Solve the problem step by step, one step per line. End with a line \"#### <answer>\"."
 )
 
-_STEP_LABEL = re.compile(r"^\s*(?:\*\*)?(?:step\s*\d+|\d+)\s*[:.)]\s*(?:\*\*)?\s*", re.IGNORECASE)
+# "Step 3:", "3." or "3)" — but not a leading decimal or time ("2.5 * 5", "8:00 PM")
+_STEP_LABEL = re.compile(r"^\s*(?:\*\*)?(?:step\s*\d+\s*[:.)]|\d+[:.)](?=\s|$))\s*(?:\*\*)?\s*", re.IGNORECASE)
 
 
 def render_steps(steps: Sequence[str]) -> str:

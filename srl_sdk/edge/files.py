@@ -60,6 +60,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
         yield temp
         if not any(temp.iterdir()):
             raise ExportError(f"the export wrote nothing to {final}; see the messages above")
+        os.chmod(temp, 0o777 & ~_umask())  # mkdtemp makes 0700; a build is an ordinary folder
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -231,7 +231,17 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int = 2) -> None:
     params.ftype = getattr(llama_cpp, QUANT_TYPES[check_quant(quant)])
     params.nthread = n_threads
     params.allow_requantize = True
-    status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    import logging
+
+    import llama_cpp._logger  # noqa: F401  (installs the callback that honours this logger's level)
+
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)  # one line per tensor otherwise; fallbacks are reported from the output
+    try:
+        status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    finally:
+        log.setLevel(level)
     if status != 0:
         raise ExportError(
             f"llama.cpp could not quantize {src} to {quant} (status {status}); the input may be truncated "

@@ -73,6 +73,10 @@ class TransformersEngine(Engine):
         config = self.model.config
         trained = getattr(config, "max_position_embeddings", None) or 4096
         self._eog = self._end_of_turn_ids()
+        # transformers >= 5.2x names the KV cache argument `cache` (`past_key_values` is deprecated)
+        import inspect
+
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._lock = threading.Lock()
         self.closed = False
         name = Path(str(model)).name if str(model) else "model"
@@ -176,8 +180,10 @@ class TransformersEngine(Engine):
                     if cancel is not None and cancel.is_set():
                         finish = "cancelled"
                         break
-                    out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
-                    past = out.past_key_values
+                    out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: past})
+                    past = getattr(out, "cache", None)
+                    if past is None:
+                        past = out.past_key_values
                     logits = out.logits[0, -1].float().cpu()
                     token = self._pick(logits, params, generator)
                     logprob = float(torch.log_softmax(logits, dim=-1)[token].item())

@@ -285,6 +285,9 @@ class VLLMEngine(Engine):
     async def _abort(self, request_id: str) -> None:
         if self._llm is not None:
             await self._llm.abort(request_id)
+            # one line per abort in vLLM's own log (a server's log shows the slot was freed)
+            _log().info("srl: aborted %s; vLLM now holds %d unfinished request(s)", request_id,
+                        self._llm.get_num_unfinished_requests())
 
     def _abort_now(self, request_id: str, task: Future) -> None:
         task.cancel()
@@ -408,6 +411,12 @@ class VLLMEngine(Engine):
                 llm.shutdown()
         self._runner.stop()
         _reap(children)
+
+
+def _log():
+    from vllm.logger import init_logger
+
+    return init_logger("vllm.srl_sdk")
 
 
 def _child_processes() -> list:

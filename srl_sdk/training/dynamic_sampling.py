@@ -94,7 +94,12 @@ class SRLTrainer(GRPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if getattr(self.args, "use_vllm", False):  # TRL's in-place colocate copy cannot reach vLLM CPU's repacked weights
+            from srl_sdk.training.vllm_sync import use_reload_weights_sync
+
+            use_reload_weights_sync(self)
         self._captured_rewards_per_func: torch.Tensor | None = None
+        self.last_dropped_rows: dict[str, Any] | None = None
         if getattr(self.args, "dynamic_sampling", False):
             if not hasattr(self.train_dataset, "__getitem__") or not hasattr(self.train_dataset, "__len__"):
                 raise ConfigError("dynamic sampling draws fresh prompts by index: pass a map-style (not iterable) dataset")
@@ -156,6 +161,9 @@ class SRLTrainer(GRPOTrainer):
                 break
             batch = self._draw_fresh_inputs(local_rows, round_index + 1)
         merged = self._concat_rows(kept_parts + spare_parts, local_rows)
+        n_spare = sum(int(p["advantages"].size(0)) for p in spare_parts)
+        # the rows set aside, for inspection (tests, debugging); never trained on unless padding
+        self.last_dropped_rows = self._concat_rows(spare_parts, n_spare, gather_items=False) if n_spare else None
         metrics = self._metrics["train"]
         metrics["dynamic_sampling/kept_ratio"].append(first_ratio)
         metrics["dynamic_sampling/rounds"].append(float(rounds))
@@ -177,7 +185,7 @@ class SRLTrainer(GRPOTrainer):
             picked[key] = value[mask.to(value.device)]
         return picked
 
-    def _concat_rows(self, parts: list[dict[str, Any]], rows: int) -> dict[str, Any]:
+    def _concat_rows(self, parts: list[dict[str, Any]], rows: int, gather_items: bool = True) -> dict[str, Any]:
         pad_id = self._tokenizer.pad_token_id
         keys = list(parts[0])
         out: dict[str, Any] = {}
@@ -191,5 +199,6 @@ class SRLTrainer(GRPOTrainer):
         mask = out["completion_mask"]
         if "tool_mask" in out:
             mask = mask * out["tool_mask"]
-        out["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        # the loss is normalised by the tokens of the whole (multi-process) batch, as TRL does
+        out["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum() if gather_items else mask.sum()
         return out

@@ -77,7 +77,11 @@ class TrainRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "run"
-    method: Literal["sft", "srl", "rlvr", "srl_rlvr"] = "srl"
+    method: Literal["sft", "srl", "rlvr", "srl_rlvr", "sft_srl"] = Field(
+        default="srl",
+        description="srl_rlvr = the paper's best; sft_srl = a short per-step SFT to teach the format first "
+        "(for small models that never close <think> on their own), then SRL",
+    )
     model: str = Field(default="smollm2", description="alias, .gguf, HF folder or hub id")
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -94,7 +98,7 @@ class TrainRecipe(BaseModel):
     rlvr: StageSettings = Field(default_factory=StageSettings)
 
     def stages(self) -> list[str]:
-        return {"sft": ["sft"], "srl": ["srl"], "rlvr": ["rlvr"], "srl_rlvr": ["srl", "rlvr"]}[self.method]
+        return {"sft": ["sft"], "srl": ["srl"], "rlvr": ["rlvr"], "srl_rlvr": ["srl", "rlvr"], "sft_srl": ["sft", "srl"]}[self.method]
 
     def stage(self, name: str) -> StageSettings:
         return getattr(self, name)

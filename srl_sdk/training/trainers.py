@@ -12,7 +12,10 @@ One run folder holds everything:
         final/                   the merged full model: the next stage's start, `srl eval`'s input
     <output>/training_curves.png reward, kept ratio and validation curves
 
-Stages are SRL, then RLVR from the SRL model (the paper's best recipe), or either alone, or SFT.
+Stages are SRL, then RLVR from the SRL model (the paper's best recipe), or either alone, or SFT,
+or a short per-step SFT then SRL (`sft_srl`: small models that never close `<think>` by
+themselves get an all -1 SRL reward, hence no signal, until they have seen the format). Each
+stage starts from the previous stage's merged model.
 A stage is finished when its `final/` exists (it appears by an atomic rename). `resume=True`
 skips finished stages and continues the unfinished one from its newest complete checkpoint (one
 whose trainer_state.json, written last, exists; a checkpoint cut short by a kill is set aside).
@@ -309,14 +312,18 @@ def _save_final(trainer, recipe: TrainRecipe, base_model: str, stage_dir: Path) 
     shutil.rmtree(saved, ignore_errors=True)
     trainer.save_model(str(saved))  # handles DDP / FSDP / DeepSpeed gathering
     trainer.accelerator.wait_for_everyone()
-    if not trainer.accelerator.is_main_process:
-        return final, adapter
-    tokenizer = trainer.processing_class
+    if trainer.accelerator.is_main_process:
+        _merge_into_final(trainer.processing_class, recipe, base_model, stage_dir, saved, adapter, final)
+    trainer.accelerator.wait_for_everyone()  # the next stage loads final/ on every rank
+    return final, adapter
+
+
+def _merge_into_final(tokenizer, recipe: TrainRecipe, base_model: str, stage_dir: Path, saved: Path, adapter: Path | None, final: Path) -> None:
     if adapter is not None:
         peft = require("peft", "train")
         shutil.rmtree(adapter, ignore_errors=True)
         os.replace(saved, adapter)
-        base = load_causal_lm(base_model, dtype="float32")
+        base = load_causal_lm(base_model, dtype="auto")  # the checkpoint's own dtype (bf16 for Qwen, fp32 here)
         merged = peft.PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         staging = stage_dir / "final.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -327,7 +334,6 @@ def _save_final(trainer, recipe: TrainRecipe, base_model: str, stage_dir: Path) 
     (staging / DONE_MARKER).write_text("complete\n", encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    return final, adapter
 
 
 def run_stage(name: str, recipe: TrainRecipe, base_model: str, split: TrainValSplit, output: Path, report: DropReport, *, resume: bool) -> StageResult:
@@ -356,28 +362,40 @@ def run_stage(name: str, recipe: TrainRecipe, base_model: str, split: TrainValSp
 # -- a whole run --------------------------------------------------------------------------------
 
 
+def _is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / torchrun (set before any process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def train(recipe: TrainRecipe, output_dir: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Run every stage of the recipe into `output_dir` (see the module docstring for the layout)."""
+    """Run every stage of the recipe into `output_dir` (see the module docstring for the layout).
+
+    Under a multi-process launch every rank runs this; only rank 0 prepares the folder and writes
+    the run files (the trainers synchronise the rest).
+    """
     output = Path(output_dir).expanduser()
-    prepare_output_dir(output, recipe, resume=resume, overwrite=overwrite)
+    main = _is_main_process()
+    if main:
+        prepare_output_dir(output, recipe, resume=resume, overwrite=overwrite)
     items, report = load_trajectories(recipe.data)
     split = split_by_trajectory(items, recipe.data)
-    _atomic_write(
-        output / "data.json",
-        json.dumps(
-            {
-                "report": report.model_dump(),
-                "train_ids": [t.id for t in split.train],
-                "validation_ids": [t.id for t in split.validation],
-            },
-            indent=1,
-        ),
-    )
+    if main:
+        _atomic_write(
+            output / "data.json",
+            json.dumps(
+                {
+                    "report": report.model_dump(),
+                    "train_ids": [t.id for t in split.train],
+                    "validation_ids": [t.id for t in split.validation],
+                },
+                indent=1,
+            ),
+        )
     base_model = resolve_hf_model(recipe.model)
     results: list[StageResult] = []
     for name in recipe.stages():
         result = run_stage(name, recipe, base_model, split, output, report, resume=resume)
         results.append(result)
-        base_model = str(result.final_model)  # RLVR starts from the SRL model
-    plot = plot_metrics([output / name / METRICS_FILE for name in recipe.stages()], output / PLOT_FILE)
+        base_model = str(result.final_model)  # e.g. RLVR starts from the SRL model
+    plot = plot_metrics([output / name / METRICS_FILE for name in recipe.stages()], output / PLOT_FILE) if main else None
     return TrainResult(output_dir=output, stages=results, data_report=report, plot=plot)

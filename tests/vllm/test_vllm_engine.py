@@ -11,7 +11,7 @@ import time
 import pytest
 
 from srl_sdk.engines import SamplingParams, load_engine
-from srl_sdk.errors import ConfigError, ContextOverflowError, MissingDependencyError, ModelError
+from srl_sdk.errors import ConfigError, ContextOverflowError, EngineError, MissingDependencyError, ModelError
 from srl_sdk.reasoning.driver import Driver, ReasonConfig
 
 PROBLEM = "Tom has 12 apples and buys 30 more. How many apples does he have?"
@@ -159,11 +159,11 @@ def test_missing_vllm_names_the_env_command(smollm2_hf_dir, monkeypatch):
         load_engine(smollm2_hf_dir, "vllm")
 
 
-def test_close_leaves_no_vllm_process(smollm2_hf_dir, engine, engine_kwargs):
-    engine.close()  # the module engine goes first: one vLLM at a time on this machine
+def test_close_leaves_no_vllm_process(engine):
+    """Runs last in this module: closes the module's engine (one vLLM at a time on this machine)."""
+    assert vllm_children(), "the engine runs no vLLM process to begin with"
+    engine.close()
     assert not vllm_children()
-    second = load_engine(smollm2_hf_dir, "vllm", **engine_kwargs)
-    assert len(vllm_children()) >= 1
-    second.close()
-    second.close()  # twice is fine
-    assert not vllm_children()
+    engine.close()  # twice is fine
+    with pytest.raises(EngineError, match="closed"):
+        engine.stream("hello", SamplingParams(max_tokens=2))

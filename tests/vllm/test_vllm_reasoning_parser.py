@@ -2,7 +2,7 @@
 
 vLLM loads srl_sdk/serving/vllm_reasoning_parser.py as a plugin (`--reasoning-parser-plugin FILE
 --reasoning-parser srl`). SmolLM2 has no `<think>` token, so the split is text based; the test
-asks the model to copy a tagged answer (greedy) so its output really carries the tags.
+shows the model two tagged answers first (greedy) so its own output really carries the tags.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ from srl_sdk.serving.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "srl_sdk" / "serving" / "vllm_reasoning_parser.py"
-MESSAGES = [
-    {"role": "system", "content": "You copy the user's text exactly, character for character."},
-    {"role": "user", "content": "Copy this text exactly:\n<think>12 plus 30 is 42.</think> The answer is 42."},
+MESSAGES = [  # two worked examples: greedy SmolLM2 then answers in the same tagged format
+    {"role": "system", "content": "Answer in the format <think>reasoning</think> answer."},
+    {"role": "user", "content": "What is 2 + 3?"},
+    {"role": "assistant", "content": "<think>2 plus 3 is 5.</think> The answer is 5."},
+    {"role": "user", "content": "What is 4 + 4?"},
+    {"role": "assistant", "content": "<think>4 plus 4 is 8.</think> The answer is 8."},
+    {"role": "user", "content": "What is 12 + 30?"},
 ]
 
 
@@ -76,7 +80,7 @@ def test_reasoning_and_content_come_apart(vllm_server):
     )
     message = reply.choices[0].message
     reasoning = getattr(message, "reasoning", None) or (message.model_extra or {}).get("reasoning")
-    assert reasoning and "42" in reasoning and "think>" not in reasoning, message
+    assert reasoning and "plus" in reasoning and "think>" not in reasoning, message
     assert message.content and "answer" in message.content and "think>" not in message.content, message
 
 
@@ -96,5 +100,5 @@ def test_reasoning_and_content_come_apart_streaming(vllm_server):
             content.append(delta.content)
     reasoning_text, content_text = "".join(reasoning), "".join(content)
     assert len(reasoning) >= 2 and len(content) >= 2  # streamed piece by piece, not at the end
-    assert "42" in reasoning_text and "think>" not in reasoning_text, (reasoning_text, content_text)
+    assert "plus" in reasoning_text and "think>" not in reasoning_text, (reasoning_text, content_text)
     assert "answer" in content_text and "think>" not in content_text, (reasoning_text, content_text)

@@ -1,0 +1,309 @@
+"""Serving overhead: `srl serve` against raw llama-cpp-python and against llama_cpp.server.
+
+Why: a user picks this server over calling llama.cpp by hand only if it costs little. All three
+run the SAME step protocol on the SAME prompt text (the driver's step prompt, SmolLM2 Q4_1 GGUF,
+same n_threads / n_ctx, greedy, same per-phase token caps): for step k, a thought phase (prompt +
+`<think>`, stops at `</think>`/blank line) then an action phase (prompt + thought + `</think>\\n`,
+one line). The peers get the loop written by hand, as a user stitching llama.cpp would;
+`srl serve` runs it in its driver and adds per-token logprobs, checks, SSE and a SQLite trace.
+
+Measured per run: time to first step (request sent -> first complete step), generated tokens
+(each engine's own count of sampled tokens: `usage.completion_tokens` for llama-cpp-python and its
+server, the trace's `usage.completion_tokens` for srl), and tokens/s end to end (tokens / wall time,
+prompt processing included, identical prompts for all). 1 stream, and 4 concurrent streams on 4
+problems (aggregate tokens/s). Variants run round-robin inside each repetition so load drifts hit
+all of them alike; medians over repetitions. The last column relates tokens/s to the memory
+bandwidth floor (see memory_floor.py).
+
+    .venv/bin/python benchmarks/serving_overhead.py --threads 1 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+from common import REPO_ROOT, Session, median, table, write_section  # noqa: E402
+
+from srl_sdk.core.answers import extract_answer  # noqa: E402
+from srl_sdk.core.format import THINK_CLOSE, THINK_OPEN, THOUGHT_STOPS, step_messages, strip_step_label  # noqa: E402
+from srl_sdk.engines.models import smollm2_gguf_path  # noqa: E402
+
+GSM8K = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+@dataclass
+class Settings:
+    threads: int
+    n_ctx: int
+    steps: int
+    thought_tokens: int
+    action_tokens: int
+
+
+@dataclass
+class RunResult:
+    ttfs_s: float
+    tokens: int
+    wall_s: float
+    actions: list[str] = field(default_factory=list)
+
+
+def problems(n: int) -> list[str]:
+    if not GSM8K.is_file():
+        raise SystemExit(f"GSM8K data missing at {GSM8K}: ../shared must sit beside the repository")
+    with GSM8K.open(encoding="utf-8") as handle:
+        return [json.loads(next(handle))["question"] for _ in range(n)]
+
+
+# -- the hand-written loop a user would write around a completion call ---------------------------
+def peer_run(complete, render, problem: str, s: Settings) -> RunResult:
+    """The driver's stepwise protocol by hand; `complete(prompt, max_tokens, stop) -> (text, n_tokens)`."""
+    t0 = time.perf_counter()
+    actions: list[str] = []
+    tokens = 0
+    ttfs = None
+    for _ in range(s.steps):
+        prompt = render(step_messages(problem, actions)) + THINK_OPEN
+        thought, n_thought = complete(prompt, s.thought_tokens, THOUGHT_STOPS)
+        action, n_action = complete(prompt + thought.rstrip() + THINK_CLOSE + "\n", s.action_tokens, ["\n"])
+        tokens += n_thought + n_action
+        action = strip_step_label(action.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip())
+        if ttfs is None:
+            ttfs = time.perf_counter() - t0
+        if not action:
+            break
+        repeated = action in actions
+        actions.append(action)
+        if extract_answer(action) is not None or repeated:
+            break
+    return RunResult(ttfs or float("nan"), tokens, time.perf_counter() - t0, actions)
+
+
+class RawLlama:
+    """llama-cpp-python in this process; one Llama serves one sequence, so a lock per call."""
+
+    name = "llama-cpp-python in-process"
+
+    def __init__(self, s: Settings) -> None:
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.llm = llama_cpp.Llama(model_path=str(smollm2_gguf_path()), n_ctx=s.n_ctx, n_threads=s.threads,
+                                   n_threads_batch=s.threads, logits_all=False, verbose=False)
+        meta = self.llm.metadata
+        eos = self.llm.detokenize([self.llm.token_eos()], special=True).decode()
+        bos = self.llm.detokenize([self.llm.token_bos()], special=True).decode()
+        self.formatter = Jinja2ChatFormatter(template=meta["tokenizer.chat_template"], eos_token=eos,
+                                             bos_token=bos, add_generation_prompt=True)
+        self.lock = threading.Lock()
+        self.settings = s
+
+    def render(self, messages: list[dict]) -> str:
+        return self.formatter(messages=messages).prompt
+
+    def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int]:
+        with self.lock:
+            out = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1,
+                                             repeat_penalty=1.0, stop=stop)
+        return out["choices"][0]["text"], out["usage"]["completion_tokens"]
+
+    def run(self, problem: str) -> RunResult:
+        return peer_run(self.complete, self.render, problem, self.settings)
+
+
+class LlamaCppServer:
+    """`python -m llama_cpp.server` (its own OpenAI server) on 127.0.0.1, /v1/completions, raw prompt."""
+
+    name = "llama_cpp.server (OpenAI)"
+
+    def __init__(self, s: Settings, render, log: Path) -> None:
+        from srl_sdk.serving.process import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = s
+        self.render = render
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf_path()),
+                   "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(s.n_ctx),
+                   "--n_threads", str(s.threads), "--n_threads_batch", str(s.threads),
+                   "--logits_all", "false", "--verbose", "false"]
+        self.process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"llama_cpp.server exited ({self.process.returncode}); see {log}. "
+                                 "It needs: pip install 'llama-cpp-python[server]'")
+            try:
+                if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        else:
+            self.close()
+            raise SystemExit(f"llama_cpp.server did not answer within 120 s; see {log}")
+        self.client = httpx.Client(timeout=300)
+
+    def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int]:
+        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "top_k": 1,
+                "repeat_penalty": 1.0, "stop": stop}
+        response = self.client.post(self.url + "/v1/completions", json=body)
+        response.raise_for_status()
+        out = response.json()
+        return out["choices"][0]["text"], out["usage"]["completion_tokens"]
+
+    def run(self, problem: str) -> RunResult:
+        return peer_run(self.complete, self.render, problem, self.settings)
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class SrlServe:
+    """`srl serve` (LitServe + llama.cpp engine) on 127.0.0.1: POST /v1/reason, SSE `step`/`done`."""
+
+    name = "srl serve"
+
+    def __init__(self, s: Settings, folder: Path) -> None:
+        from srl_sdk.serving.process import ServerProcess
+
+        config = folder / "srl.yaml"
+        config.write_text(
+            "host: 127.0.0.1\nmodel: smollm2\nengine: llama.cpp\n"
+            f"engine_options: {{n_ctx: {s.n_ctx}, n_threads: {s.threads}}}\n"
+            f"store: {folder / 'traces.db'}\nlog_level: warning\n"
+            f"reason: {{max_steps: {s.steps}, max_thought_tokens: {s.thought_tokens}, "
+            f"max_action_tokens: {s.action_tokens}, temperature: 0.0}}\n"
+        )
+        self.server = ServerProcess(config, log=folder / "srl.log").start()
+        self.client = httpx.Client(timeout=300)
+
+    def run(self, problem: str) -> RunResult:
+        from httpx_sse import connect_sse
+
+        t0 = time.perf_counter()
+        ttfs = None
+        with connect_sse(self.client, "POST", self.server.url + "/v1/reason", json={"problem": problem}) as source:
+            for event in source.iter_sse():
+                if event.event == "step" and ttfs is None:
+                    ttfs = time.perf_counter() - t0
+                elif event.event == "done":
+                    trace = json.loads(event.data)
+                    wall = time.perf_counter() - t0
+                    actions = [s["action"] for s in trace["steps"]]
+                    return RunResult(ttfs or float("nan"), int(trace["usage"]["completion_tokens"]), wall, actions)
+                elif event.event == "error":
+                    raise RuntimeError(f"srl serve answered an error: {event.data}")
+        raise RuntimeError("srl serve ended the stream without `done`")
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def measure(variant, items: list[str]) -> tuple[float, float, list[RunResult]]:
+    """Run `items` concurrently; returns (aggregate tokens/s, median time to first step, results)."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        results = list(pool.map(variant.run, items))
+    wall = time.perf_counter() - t0
+    return sum(r.tokens for r in results) / wall, median([r.ttfs_s for r in results]), results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="n_threads for all three (1 holds up best under load)")
+    parser.add_argument("--n-ctx", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--thought-tokens", type=int, default=32)
+    parser.add_argument("--action-tokens", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3, help="repetitions (medians over them)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--no-docs", action="store_true", help="print only; do not write docs/benchmarks.md")
+    args = parser.parse_args()
+    s = Settings(args.threads, args.n_ctx, args.steps, args.thought_tokens, args.action_tokens)
+    session = Session()
+    from memory_floor import decode_floor
+
+    floor = decode_floor()
+    qs = problems(max(args.concurrency))
+    folder = Path(tempfile.mkdtemp(prefix="srl-bench-"))
+    raw = RawLlama(s)
+    peer_server = LlamaCppServer(s, raw.render, folder / "llama_cpp_server.log")
+    ours = SrlServe(s, folder)
+    variants = [raw, peer_server, ours]
+    rates: dict[tuple[str, int], list[float]] = {}
+    ttfs: dict[tuple[str, int], list[float]] = {}
+    texts: dict[str, list[str]] = {}
+    try:
+        for variant in variants:  # warm-up: page in the model, fill caches; not measured
+            texts[variant.name] = variant.run(qs[0]).actions
+        for rep in range(args.runs):
+            for conc in args.concurrency:
+                for variant in variants:
+                    rate, first, _ = measure(variant, qs[:conc])
+                    rates.setdefault((variant.name, conc), []).append(rate)
+                    ttfs.setdefault((variant.name, conc), []).append(first)
+                    print(f"run {rep + 1} x{conc} {variant.name}: {rate:.1f} tok/s, first step {first:.2f} s", flush=True)
+    finally:
+        peer_server.close()
+        ours.close()
+    rows = []
+    for conc in args.concurrency:
+        base = median(rates[(raw.name, conc)])
+        base_ttfs = median(ttfs[(raw.name, conc)])
+        for variant in variants:
+            rate = median(rates[(variant.name, conc)])
+            first = median(ttfs[(variant.name, conc)])
+            rows.append([variant.name, conc, rate, rate / base, first, first / base_ttfs,
+                         f"{100 * rate / floor['tokens_per_s']:.0f} %"])
+    headers = ["variant", "streams", "tokens/s (end to end)", "x raw", "time to first step (s)", "x raw",
+               "of bandwidth floor"]
+    same = all(texts[v.name] == texts[raw.name] for v in variants)
+    out = table(headers, rows)
+    print(out)
+    notes = (
+        f"Settings: SmolLM2-135M Q4_1 GGUF, n_threads={s.threads}, n_ctx={s.n_ctx}, greedy, {s.steps} steps of "
+        f"at most {s.thought_tokens} thought + {s.action_tokens} action tokens, {args.runs} repetitions "
+        f"(medians), streams on the first {max(args.concurrency)} GSM8K train problems. "
+        f"Same step text from all three on the warm-up problem: {'yes' if same else 'NO'}"
+        + ("" if same else f" ({ {k: v for k, v in texts.items()} })") + ". "
+        f"Bandwidth floor: {floor['bandwidth_gb_s']:.1f} GB/s read / {floor['model_mb']:.0f} MB per token "
+        f"= {floor['tokens_per_s']:.0f} tokens/s."
+    )
+    print(notes)
+    if not args.no_docs:
+        write_section("Serving overhead", session.machine_block() + "\n\n" + notes + "\n\n" + out + "\n\n"
+                      + EXPLAIN)
+
+
+EXPLAIN = """\
+What `srl serve` does per token that the peers do not: it computes the sampled token's log-probability
+(a log-softmax over the 49,152 logits, in numpy) for the step confidence, and per step it runs the
+arithmetic checks and writes the partial trace to SQLite. Per request it adds an HTTP hop and a
+LitServe queue hop between the API process and the inference worker. With 4 streams on one
+llama.cpp context all three take turns phase by phase (llama.cpp keeps one sequence), so aggregate
+throughput does not grow with streams; interleaving also evicts the prefix cache, so each phase
+re-reads its prompt, which is why 4 streams are slower per token than 1 for every variant."""
+
+
+if __name__ == "__main__":
+    main()

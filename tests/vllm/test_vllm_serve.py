@@ -1,0 +1,166 @@
+"""`srl serve --engine vllm`: the same step server, with vLLM's async engine inside the worker.
+
+One server for the module, started through the real CLI (`python -m srl_sdk.cli serve --config`)
+and stopped with SIGTERM; after it stops, no process of it (vLLM's engine core and worker
+included) may be left. vLLM's own stats log (every second here) shows the batching and the
+running-request count; the engine logs vLLM's unfinished-request count after each abort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse, connect_sse
+
+from srl_sdk.core.steps import Step, Trace
+from srl_sdk.serving.process import ServerProcess, port_is_free
+
+PROBLEMS = [
+    "Natalia sold 48 clips in April and half as many in May. How many clips did she sell in all?",
+    "Tom has 3 apples and buys 5 more. How many apples does he have?",
+    "A box holds 6 eggs. How many eggs are in 4 boxes?",
+    "Sara had 20 dollars and spent 8. How much money is left?",
+]
+
+CONFIG = """\
+host: 127.0.0.1
+model: {model}
+served_model_name: smollm2
+engine: vllm
+engine_options: {{max_model_len: 2048, kv_cache_gib: 0.5, enforce_eager: true, log_stats: true}}
+store: {store}
+log_level: warning
+reason:
+  max_steps: 2
+  max_thought_tokens: 24
+  max_action_tokens: 24
+  temperature: 0.0
+"""
+
+
+def vllm_processes() -> list[int]:
+    """Every VLLM::* process on the machine that is not a zombie (ours are the only ones here)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "status"]):
+        if (proc.info["name"] or "").startswith("VLLM") and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc.pid)
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_hf_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vllm_serve")
+    store = folder / "traces.db"
+    config = folder / "server.yaml"
+    config.write_text(CONFIG.format(model=smollm2_hf_dir, store=store))
+    log = folder / "server.log"
+    before = set(vllm_processes())
+    process = ServerProcess(config, log=log, start_timeout_s=480,
+                            env={"VLLM_LOG_STATS_INTERVAL": "1", "OMP_WAIT_POLICY": "PASSIVE"})
+    process.start()
+    assert set(vllm_processes()) - before, "the server started no vLLM engine process"
+    try:
+        yield process, log
+    finally:
+        clean = process.stop(timeout_s=60)
+        assert clean, f"the server did not stop on SIGTERM; log: {log.read_text()[-3000:]}"
+        assert not process.group_alive(), "a server process outlived SIGTERM"
+        deadline = time.monotonic() + 30
+        while set(vllm_processes()) - before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not set(vllm_processes()) - before, f"vLLM processes outlived the server: {vllm_processes()}"
+        assert port_is_free(process.port)
+
+
+def running_counts(log) -> list[int]:
+    return [int(n) for n in re.findall(r"Running: (\d+) reqs", log.read_text(errors="replace"))]
+
+
+def test_steps_stream_through_srl_serve(server):
+    process, _ = server
+    with httpx.Client(timeout=300) as client:
+        with connect_sse(client, "POST", process.url + "/v1/reason", json={"problem": PROBLEMS[0]}) as source:
+            assert source.response.status_code == 200
+            events = list(source.iter_sse())
+    assert events[-1].event == "done", events[-1]
+    trace = Trace.model_validate_json(events[-1].data)
+    steps = [Step.model_validate_json(e.data) for e in events if e.event == "step"]
+    assert steps == trace.steps and 1 <= len(steps) <= 2
+    assert trace.engine == "vllm"
+    assert all(step.confidence is not None for step in steps)
+
+
+def test_openai_chunks_through_srl_serve(server):
+    from openai import OpenAI
+
+    process, _ = server
+    client = OpenAI(base_url=process.url + "/v1", api_key="unused", timeout=300, max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": PROBLEMS[1]}], stream=True,
+        extra_body={"max_steps": 1},
+    ))
+    assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    thoughts = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks if c.choices)
+    assert text.strip() or thoughts.strip()
+
+
+def test_four_concurrent_streams_are_batched(server):
+    process, log = server
+    seen = len(running_counts(log))
+
+    async def one(client, problem):
+        async with aconnect_sse(client, "POST", process.url + "/v1/reason",
+                                json={"problem": problem, "limits": {"max_steps": 1}}) as source:
+            assert source.response.status_code == 200
+            return [e async for e in source.aiter_sse()]
+
+    async def all_four():
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(*(one(client, p) for p in PROBLEMS))
+
+    results = asyncio.run(all_four())
+    for problem, events in zip(PROBLEMS, results):
+        assert events[-1].event == "done", events[-1]
+        assert Trace.model_validate_json(events[-1].data).problem == problem
+    time.sleep(2.5)  # one more stats line
+    during = running_counts(log)[seen:]
+    assert during and max(during) >= 2, f"vLLM never ran several requests at once: {during}"
+
+
+def test_disconnect_aborts_the_vllm_request(server):
+    process, log = server
+    body = {"problem": PROBLEMS[2], "tokens": True,
+            "limits": {"max_steps": 12, "max_thought_tokens": 256, "max_action_tokens": 256}}
+    aborted_before = log.read_text(errors="replace").count("srl: aborted")
+    with httpx.Client(timeout=300) as client:
+        with connect_sse(client, "POST", process.url + "/v1/reason", json=body) as source:
+            first = next(iter(source.iter_sse()))
+            assert first.event == "token"
+            trace_id = first.id.rpartition(":")[0]
+    deadline = time.monotonic() + 60
+    trace = None
+    while time.monotonic() < deadline:
+        trace = Trace.model_validate(httpx.get(f"{process.url}/v1/traces/{trace_id}").json())
+        if trace.finish_reason is not None:
+            break
+        time.sleep(0.2)
+    assert trace is not None and trace.finish_reason == "cancelled", trace
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        aborts = re.findall(r"srl: aborted \S+; vLLM now holds (\d+) unfinished",
+                            log.read_text(errors="replace"))[aborted_before:]
+        if aborts:
+            break
+        time.sleep(0.2)
+    assert aborts and aborts[-1] == "0", f"vLLM still holds the request: {aborts}"
+    # the next request is served
+    response = httpx.post(process.url + "/v1/reason", timeout=300,
+                          json={"problem": PROBLEMS[3], "stream": False, "limits": {"max_steps": 1}})
+    assert response.status_code == 200
