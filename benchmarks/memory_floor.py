@@ -118,7 +118,11 @@ EXPLAIN = """\
 The floor is an upper bound for batch-1 decoding of a dense model: every weight is read once per
 token. Decode figures elsewhere in this file (serving overhead) carry the same fraction in their
 last column. Batched decoding (vLLM, several sequences per forward pass) can exceed the batch-1 floor
-in aggregate because one read of the weights serves several tokens."""
+in aggregate because one read of the weights serves several tokens. The bandwidth is measured
+under the same load as the decode figures; other jobs' memory traffic lowers it too, so on a quiet
+machine both rise (STACK.md's quiet 135 tokens/s at 2 threads would be 13 GB/s of weights, above
+the bandwidth measured here under load). A numpy copy is one simple way to measure bandwidth, and
+tuned kernels may read faster: treat the floor as approximate."""
 
 
 if __name__ == "__main__":

@@ -286,23 +286,38 @@ def main() -> None:
         f"(medians), streams on the first {max(args.concurrency)} GSM8K train problems. "
         f"Same step text from all three on the warm-up problem: {'yes' if same else 'NO'}"
         + ("" if same else f" ({ {k: v for k, v in texts.items()} })") + ". "
-        f"Bandwidth floor: {floor['bandwidth_gb_s']:.1f} GB/s read / {floor['model_mb']:.0f} MB per token "
+        f"Bandwidth floor: {floor['bandwidth_gb_s']:.1f} GB/s (numpy copy, read + write) / {floor['model_mb']:.0f} MB per token "
         f"= {floor['tokens_per_s']:.0f} tokens/s."
     )
     print(notes)
+    top = max(args.concurrency)
     if not args.no_docs:
         write_section("Serving overhead", session.machine_block() + "\n\n" + notes + "\n\n" + out + "\n\n"
-                      + EXPLAIN)
+                      + EXPLAIN.format(raw_rates=", ".join(f"{r:.1f}" for r in rates[(raw.name, 1)]),
+                                       raw_ttfs=" to ".join(f"{f(ttfs[(raw.name, top)]):.1f}" for f in (min, max))))
 
 
 EXPLAIN = """\
-What `srl serve` does per token that the peers do not: it computes the sampled token's log-probability
-(a log-softmax over the 49,152 logits, in numpy) for the step confidence, and per step it runs the
-arithmetic checks and writes the partial trace to SQLite. Per request it adds an HTTP hop and a
-LitServe queue hop between the API process and the inference worker. With 4 streams on one
-llama.cpp context all three take turns phase by phase (llama.cpp keeps one sequence), so aggregate
-throughput does not grow with streams; interleaving also evicts the prefix cache, so each phase
-re-reads its prompt, which is why 4 streams are slower per token than 1 for every variant."""
+Why `srl serve` is below raw llama-cpp-python, and what it does that the peers do not:
+- 1 stream (the x raw column; for scale, raw alone spread over {raw_rates}
+  tokens/s across its runs here): per token it computes the sampled token's log-probability (a
+  log-softmax over 49,152 logits in numpy, for the step confidence: 0.8 ms a token, under 1 % of
+  generation time, see "Step accounting"), and each token event crosses from the driver's thread to the worker's event loop (one
+  thread-pool hop per token, even when, as here, token events are not sent to the client); per step it runs the arithmetic checks and writes the partial trace to
+  SQLite; per request it adds an HTTP hop. Time to first step is within run-to-run noise of the peers.
+- 4 streams: all three share one llama.cpp context, which keeps one sequence, so the streams take
+  turns and aggregate throughput does not grow; each switch re-evaluates the other stream's prompt
+  after the shared system prompt (the KV cache keeps only the common prefix). `srl serve` and
+  llama_cpp.server switch fairly, phase by phase / request by request. The raw in-process loop holds
+  a plain `threading.Lock`, which guarantees no order: the thread that just released it can re-take
+  it, so one stream may run several phases in a row and keep its cache. That is the likely reason
+  it does more work per second (not traced phase by phase); its time to first step swings from run
+  to run ({raw_ttfs} s in this run), the cost of that unfairness.
+  `srl serve` is above llama_cpp.server at 4 streams. Closing the gap to raw needs per-stream KV
+  states in the llama.cpp engine (llama-cpp-python's `LlamaRAMCache`, ~4.5 MB per 200-token state)
+  or llama.cpp's multi-sequence batching; that is engine work, not serving overhead.
+- Fraction of the bandwidth floor: end to end with prompt processing included and one thread, on a
+  loaded machine; see "Physical floor" for pure decode against the floor."""
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The edge runtime needs no torch: Reasoner.local on a GGUF and on an ONNX build, in a venv without it.
 
-The venv (<repo>/.cache/edge-venv) holds exactly what `pip install srl-sdk[edge]` brings plus the
+The venv (~/.cache/srl-sdk/edge-venv) holds exactly what `pip install srl-sdk[edge]` brings plus the
 embedded model, and is reused while its requirement list is unchanged. Building it the first
 time compiles llama-cpp-python unless pip's wheel cache already has it (~10 min on 2 cores, then
 seconds). It must fail loudly if the venv cannot be built: a torch-free runtime nobody can
@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".cache" / "edge-venv"
+# Outside the clone, so CI's fresh clones on the same machine reuse it; the project itself is
+# put on PYTHONPATH rather than installed, so the venv never points at an old clone.
+VENV = Path(os.environ.get("SRL_EDGE_VENV", Path.home() / ".cache" / "srl-sdk" / "edge-venv"))
 RUNTIME_REQUIREMENTS = [
     "pydantic", "httpx", "httpx-sse", "typer", "rich", "numpy",
     f"onnxruntime-genai=={version('onnxruntime-genai')}",
@@ -49,7 +51,6 @@ def torch_free_python() -> Path:
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     _run(pip + RUNTIME_REQUIREMENTS, 1800)
     _run(pip + ["--no-deps", *NO_DEPS], 600)
-    _run(pip + ["--no-deps", "-e", str(REPO)], 600)
     stamp.write_text(wanted)
     return python
 
@@ -88,7 +89,7 @@ def test_reasoner_runs_gguf_and_onnx_builds_without_torch(small_gguf_build, smal
     python = torch_free_python()
     done = subprocess.run([str(python), "-c", SCRIPT, str(small_gguf_build), str(small_onnx_build)],
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ""})
+                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "ENGINE llama.cpp" in done.stdout and "ENGINE onnx" in done.stdout, done.stdout
     print(done.stdout)

@@ -177,7 +177,7 @@ def keyed_server(tmp_path_factory):
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
-PROTECTED = [("GET", "/v1/models", None), ("GET", "/v1/traces", None), ("GET", "/v1/traces/abc", None),
+PROTECTED = [("GET", "/", None), ("GET", "/info", None), ("GET", "/v1/models", None), ("GET", "/v1/traces", None), ("GET", "/v1/traces/abc", None),
              ("GET", "/metrics", None), ("POST", "/v1/reason", {"problem": "1 + 1?", "stream": False}),
              ("POST", "/v1/chat/completions", {"model": "smollm2", "messages": [{"role": "user", "content": "1+1?"}]})]
 
@@ -194,6 +194,20 @@ def test_every_route_but_health_needs_the_key(keyed_server, method, path, body):
     allowed = httpx.request(method, server.url + path, json=body, headers=AUTH, timeout=120)
     assert allowed.status_code in (200, 404), allowed.text[:300]  # 404: the made-up trace id
     assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+def test_open_pages_reveal_no_key_and_no_server_path(keyed_server):
+    """/health, /openapi.json and /docs answer without a key (FastAPI serves the last two itself);
+    they may describe the API, but must not reveal the key, the store or the model file."""
+    from srl_sdk.engines.models import smollm2_gguf_path
+
+    server, folder = keyed_server
+    for path in ("/health", "/openapi.json", "/docs"):
+        response = httpx.get(server.url + path, timeout=30)
+        assert response.status_code == 200, path
+        for secret in (KEY, str(folder), str(smollm2_gguf_path())):
+            assert secret not in response.text, f"{path} reveals {secret}"
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ def test_gsm8k_slice_becomes_srl_sft_rlvr_examples() -> None:
     whole = sft_examples(items[:1], render, "solution")
     assert len(whole) == 1 and whole[0]["completion"] == "\n".join(first.steps)
     per_step = sft_examples(items[:1], render, "step")
-    assert len(per_step) == len(first.steps) and per_step[0]["completion"] == "</think>\n" + first.steps[0]
+    assert len(per_step) == len(first.steps) and per_step[0]["completion"] == "\n</think>\n" + first.steps[0]
 
     rlvr = rlvr_examples(items, render)
     assert [r["answer"] for r in rlvr] == [i.answer for i in items]

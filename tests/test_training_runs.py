@@ -41,8 +41,8 @@ def sft_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
     recipe = TrainRecipe.model_validate(
         {**BASE, "name": "tiny-sft", "method": "sft",
-         "sft": {"sft_mode": "step", "max_steps": 3, "learning_rate": 2e-3, "per_device_train_batch_size": 4,
-                 "save_steps": 3, "max_length": 384}}
+         "sft": {"sft_mode": "step", "max_steps": 4, "learning_rate": 2e-3, "per_device_train_batch_size": 4,
+                 "save_steps": 4, "max_length": 384}}
     )
     return train(recipe, out), out
 
@@ -50,12 +50,12 @@ def sft_run(tmp_path_factory):
 def test_sft_tiny_run_trains_lora_and_logs(sft_run) -> None:
     result, out = sft_run
     stage = result.stages[0]
-    assert stage.stage == "sft" and stage.global_step == 3
+    assert stage.stage == "sft" and stage.global_step == 4
     assert lora_b_nonzero(stage.adapter)
     assert (stage.final_model / "config.json").is_file() and (stage.final_model / "model.safetensors").is_file()
     rows = read_metrics(out / "sft" / METRICS_FILE)
     losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == 3 and all(isinstance(x, float) for x in losses)
+    assert len(losses) == 4 and all(isinstance(x, float) for x in losses)
     assert (out / RUN_MARKER).is_file() and (out / "training_curves.png").stat().st_size > 1000
     held = json.loads((out / "data.json").read_text())
     assert len(held["validation_ids"]) == 1 and not set(held["validation_ids"]) & set(held["train_ids"])

@@ -158,8 +158,11 @@ def run_side(model: str, problems: list[str], config: ParityConfig) -> SideResul
     from srl_sdk.engines import load_engine
     from srl_sdk.reasoning.driver import Driver, ReasonConfig
 
+    from srl_sdk.engines import guess_engine
+
     started = time.perf_counter()
-    engine = load_engine(model, n_ctx=config.n_ctx, n_threads=config.n_threads)
+    context = {"context_length": config.n_ctx} if guess_engine(model) == "transformers" else {"n_ctx": config.n_ctx}
+    engine = load_engine(model, n_threads=config.n_threads, **context)
     load_s = time.perf_counter() - started
     driver = Driver(engine, ReasonConfig(
         max_steps=config.max_steps, max_thought_tokens=config.max_thought_tokens,
@@ -227,6 +230,19 @@ def report_base(build: Path, config: ParityConfig) -> Path:
     return build.with_name(build.name.removesuffix(".gguf") + ".parity")
 
 
+def reference_for(model: str | os.PathLike[str]) -> str:
+    """What the build is compared with: a GGUF / the alias as is (llama.cpp), anything else as the
+    HF folder it was exported from (an adapter is compared as base + adapter, merged)."""
+    from srl_sdk.engines.models import is_alias
+
+    text = str(model)
+    if is_alias(text) or text.endswith(".gguf"):
+        return text
+    from srl_sdk.edge.merge import resolve_export_source
+
+    return str(resolve_export_source(text))
+
+
 def check_parity(build: str | os.PathLike[str], against: str | os.PathLike[str],
                  config: ParityConfig | None = None) -> ParityReport:
     """Run `build` and `against` on the same problems; write <build>.parity.json and .md beside it."""
@@ -237,7 +253,7 @@ def check_parity(build: str | os.PathLike[str], against: str | os.PathLike[str],
     rows = held_out_problems(Path(config.data).expanduser() if config.data else default_gsm8k_path(), config.problems)
     questions = [row["question"] for row in rows]
     build_side = _run_side_in_child(str(build_path), questions, config)
-    reference_side = _run_side_in_child(str(against), questions, config)
+    reference_side = _run_side_in_child(reference_for(against), questions, config)
     report = compare(build_side, reference_side, rows, config)
     base = report_base(build_path, config)
     report.json_path, report.markdown_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".md")

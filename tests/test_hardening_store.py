@@ -1,0 +1,162 @@
+"""Faults in the trace store: a full disk while serving, and a store that cannot be created.
+
+Full disk, for real and without root tricks: the server runs with a small file-size limit
+(RLIMIT_FSIZE, inherited by all its processes). Once the SQLite write-ahead log would grow past
+it, write() fails with EFBIG (Python ignores SIGXFSZ) and SQLite reports SQLITE_FULL, "database
+or disk is full", exactly as on a full disk. The store is pre-filled with traces first. The
+contract checked: the request that cannot be recorded gets a 503 JSON error naming StoreError,
+the server keeps answering (health, reads of older traces, further requests fail cleanly rather
+than hang), nothing stored before is lost, the file passes SQLite's integrity check, and once
+space is back (the limit raised on the live processes) new runs are stored again.
+
+Unusable path: `/proc/<missing>/traces.db` cannot be created even by root (a read-only chmod
+would not stop root), so `srl serve` must refuse to start with one clear line, before loading a model.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from srl_sdk.core.steps import Step, Trace
+from srl_sdk.serving.process import ServerProcess, free_port
+from srl_sdk.store import TraceStore
+
+pytestmark = pytest.mark.slow
+
+FSIZE_LIMIT = 48 * 1024  # bytes any one file of the server may reach: the store's WAL fills it fast
+PROBLEM = "Tom has 3 apples and buys 5 more. How many apples does he have?"
+CONFIG = """\
+host: 127.0.0.1
+model: smollm2
+engine: llama.cpp
+engine_options: {{n_ctx: 1024, n_threads: 1}}
+store: {store}
+log_level: error
+reason: {{max_steps: 1, max_thought_tokens: 4, max_action_tokens: 4, temperature: 0.0}}
+"""
+
+
+class LimitedServer(ServerProcess):
+    """`srl serve` whose processes may not write any file beyond FSIZE_LIMIT bytes (a full disk)."""
+
+    def start(self) -> "LimitedServer":
+        command = [sys.executable, "-m", "srl_sdk.cli", "serve", "--config", str(self.config), "--port", str(self.port)]
+
+        def limit_file_size() -> None:  # soft limit only: the test raises it again later ("frees the disk")
+            resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, resource.RLIM_INFINITY))
+
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env=self.env, start_new_session=True, preexec_fn=limit_file_size)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"srl serve exited with {self.process.returncode} while starting"
+            try:
+                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise AssertionError("srl serve did not become healthy under the file-size limit")
+
+    def pids(self) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.process.pid:
+                    found.append(int(entry.name))
+        return found
+
+    def free_the_disk(self) -> None:
+        for pid in self.pids():
+            try:
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            except ProcessLookupError:
+                pass
+
+
+def old_traces(n: int) -> list[Trace]:
+    return [Trace(problem=f"stored before the disk filled, #{i}", model="smollm2", engine="llama.cpp",
+                  finish_reason="final_answer", answer=str(i),
+                  steps=[Step(index=1, thought="t", action=f"It is {i}. #### {i}", is_final=True, answer=str(i))])
+            for i in range(n)]
+
+
+def reason(url: str) -> httpx.Response:
+    return httpx.post(url + "/v1/reason", json={"problem": PROBLEM, "stream": False}, timeout=120)
+
+
+def test_full_disk_gives_a_clear_503_keeps_serving_and_loses_nothing(tmp_path):
+    store_path = tmp_path / "traces.db"
+    before = old_traces(3)
+    store = TraceStore(store_path)
+    for trace in before:
+        store.save(trace)
+    store.close()  # the last connection checkpoints the WAL into the main file
+    config = tmp_path / "server.yaml"
+    config.write_text(CONFIG.format(store=store_path))
+    server = LimitedServer(config, port=free_port())
+    server.start()
+    stored_by_server: list[str] = []
+    try:
+        failure = None
+        for _ in range(12):  # the WAL passes the limit within a few runs
+            response = reason(server.url)
+            if response.status_code == 200:
+                stored_by_server.append(response.json()["id"])
+                continue
+            failure = response
+            break
+        assert failure is not None, "the file-size limit never made the store fail; raise the run count"
+        assert failure.status_code == 503, failure.text
+        error = failure.json()["error"]
+        assert error["type"] == "StoreError" and "full" in error["message"], error
+        streamed = httpx.post(server.url + "/v1/reason", json={"problem": PROBLEM}, timeout=120)
+        assert streamed.status_code == 200 and "event: error" in streamed.text and "StoreError" in streamed.text
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+        for trace in before:
+            got = httpx.get(f"{server.url}/v1/traces/{trace.id}", timeout=30)
+            assert got.status_code == 200 and Trace.model_validate(got.json()) == trace
+        listed = httpx.get(server.url + "/v1/traces?limit=100", timeout=30).json()["data"]
+        assert {t.id for t in before} <= {row["id"] for row in listed}
+
+        server.free_the_disk()
+        recovered = reason(server.url)
+        assert recovered.status_code == 200, f"the server did not recover once space was back: {recovered.text}"
+        stored_by_server.append(recovered.json()["id"])
+    finally:
+        assert server.stop(), "the server did not stop cleanly after the store failures"
+    conn = sqlite3.connect(store_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    store = TraceStore(store_path)
+    for trace in before:
+        assert store.get(trace.id) == trace
+    for trace_id in stored_by_server:
+        assert store.get(trace_id).finish_reason is not None
+
+
+def test_serve_refuses_a_store_it_cannot_create_in_one_line(tmp_path):
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "srl_sdk.cli", "serve", "--store", "/proc/srl-no-such-dir/traces.db",
+         "--port", str(free_port()), "--n-threads", "1"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 1
+    assert "cannot create the trace store at /proc/srl-no-such-dir/traces.db" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert time.monotonic() - started < 60
