@@ -215,7 +215,7 @@ class OnnxEngine(Engine):
             except Exception as exc:
                 self._generator = None
                 raise EngineError(f"onnxruntime-genai failed while decoding: {exc}") from exc
-            yield TokenEvent(text=matcher.flush(), finish_reason=finish)  # type: ignore[arg-type]
+            yield TokenEvent(text=matcher.flush(), finish_reason=finish, matched_stop=matcher.matched)  # type: ignore[arg-type]
 
     def info(self) -> dict[str, object]:
         return {**super().info(), "path": str(self.path), "n_threads": self.n_threads, "provider": self.provider}

@@ -208,7 +208,7 @@ class TransformersEngine(Engine):
             if finish != "stop":
                 rest = self.tokenizer.decode(generated, skip_special_tokens=True)[len(shown):]
                 tail += rest
-            yield TokenEvent(text=tail, finish_reason=finish)  # type: ignore[arg-type]
+            yield TokenEvent(text=tail, finish_reason=finish, matched_stop=matcher.matched)  # type: ignore[arg-type]
 
     def info(self) -> dict[str, object]:
         return {**super().info(), "device": self.device, "n_threads": self.n_threads}

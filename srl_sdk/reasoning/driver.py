@@ -282,7 +282,12 @@ class Driver:
             action = _Phase()
             if thought.finish in ("cancelled", "timeout"):
                 return thought.finish
-            action_prompt = prompt + thought.text.rstrip() + THINK_CLOSE + "\n"
+            # Keep the model's own text when it closed its thought (re-tokenising an edited thought
+            # can glue "<think></think>" into a token training never showed it); when it did not,
+            # close it the way SFT targets do: "\n</think>\n".
+            closing = THINK_CLOSE + "\n" if closed else "\n" + THINK_CLOSE + "\n"
+            thought_text = thought.text if closed else thought.text.rstrip()
+            action_prompt = prompt + thought_text + closing
             used_tokens += len(thought.logprobs)
             try:
                 yield from self._run_phase(
@@ -294,7 +299,7 @@ class Driver:
             except ContextOverflowError:
                 return "length"
             used_tokens += len(action.logprobs)
-            reply = (thought.text.rstrip() + THINK_CLOSE + "\n" + action.text) if closed else (thought.text + action.text)
+            reply = (thought_text + closing + action.text) if closed else (thought.text + action.text)
             parsed = parse_step_response(reply, thought_prefilled=True)
             # a model that re-opens a thought inside its step: keep the words, drop the tags
             action_text = strip_step_label(action.text.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip())

@@ -98,11 +98,14 @@ class TraceStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
             conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # a failed COMMIT (disk full) leaves it open: never stay stuck
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
 
     def save(self, trace: Trace) -> str:
         """Insert or replace one trace; returns its id."""
@@ -126,7 +129,10 @@ class TraceStore:
                     ),
                 )
         except sqlite3.Error as exc:
-            raise StoreError(f"could not save trace {trace.id} to {self.path}: {exc}") from exc
+            raise StoreError(
+                f"could not save trace {trace.id} to {self.path}: {exc}; free disk space or point "
+                "SRL_HOME (or --store) at a writable disk — traces already stored are intact"
+            ) from exc
         return trace.id
 
     def get(self, trace_id: str) -> Trace:
