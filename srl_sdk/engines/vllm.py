@@ -270,6 +270,7 @@ class VLLMEngine(Engine):
     async def _produce(self, prompt: dict, sampling, request_id: str, put: Callable[[object], None]) -> None:
         """Runs on the private loop: feeds TokenEvents (then None, or an exception) to `put`."""
         finish = "length"
+        matched: str | None = None
         try:
             async for output in self._llm.generate(prompt, sampling, request_id):
                 completion = output.outputs[0]
@@ -284,7 +285,9 @@ class VLLMEngine(Engine):
                 if output.finished:
                     reason = completion.finish_reason
                     finish = "cancelled" if reason == "abort" else ("length" if reason == "length" else "stop")
-            put(TokenEvent(text="", finish_reason=finish))  # type: ignore[arg-type]
+                    # vLLM reports the stop string that matched (a token id when a stop token did)
+                    matched = completion.stop_reason if isinstance(completion.stop_reason, str) else None
+            put(TokenEvent(text="", finish_reason=finish, matched_stop=matched))  # type: ignore[arg-type]
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # vLLM errors travel to the consumer's thread or loop

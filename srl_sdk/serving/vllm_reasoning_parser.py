@@ -38,7 +38,12 @@ class SRLReasoningParser(ReasoningParser):
         return self.model_tokenizer.decode(list(ids))
 
     def is_reasoning_end(self, input_ids: Sequence[int]) -> bool:
-        return THINK_CLOSE in self._text(input_ids)
+        """Only the current turn counts: vLLM also asks this about the whole PROMPT, whose earlier
+        assistant turns (few-shot examples, history) may hold a `</think>` of their own."""
+        text = self.model_tokenizer.decode(list(input_ids), skip_special_tokens=False)
+        cut = max((text.rfind(tok) + len(tok) for tok in getattr(self.model_tokenizer, "all_special_tokens", [])
+                   if tok and tok in text), default=0)
+        return THINK_CLOSE in text[cut:]
 
     def extract_content_ids(self, input_ids: list[int]) -> list[int]:
         for end in range(1, len(input_ids) + 1):
