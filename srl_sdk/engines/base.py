@@ -115,6 +115,48 @@ class Engine(ABC):
         self.close()
 
 
+class TokenLoopEngine(Engine):
+    """An engine that decodes token by token in Python (llama.cpp, transformers, onnxruntime).
+
+    They share the checks before decoding: a closed engine, an empty prompt, and a prompt that
+    leaves no room in the context (refused with ContextOverflowError; max_tokens is capped to the
+    room left, so a long prompt ends with finish_reason "length" rather than an engine error).
+    """
+
+    closed: bool = False
+
+    @abstractmethod
+    def _encode(self, text: str) -> list[int]:
+        """Prompt text -> token ids, exactly as the model will see them."""
+
+    @abstractmethod
+    def _decode(
+        self, tokens: list[int], params: SamplingParams, budget: int, cancel: threading.Event | None
+    ) -> Iterator[TokenEvent]:
+        """The decode loop proper: at most `budget` new tokens."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def stream(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[TokenEvent]:
+        from srl_sdk.errors import ContextOverflowError, EngineError
+
+        if self.closed:
+            raise EngineError("this engine was closed; create a new one")
+        tokens = self._encode(prompt)
+        if not tokens:
+            raise EngineError("the prompt is empty after tokenization; render the messages first")
+        room = self.context_length - len(tokens)
+        if room < 1:
+            raise ContextOverflowError(len(tokens), self.context_length)
+        return self._decode(tokens, params, min(params.max_tokens, room), cancel)
+
+
 class StopMatcher:
     """Holds back text that could be the start of a stop string, so none of it leaks out.
 

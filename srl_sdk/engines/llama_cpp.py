@@ -17,9 +17,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from srl_sdk.engines.base import Engine, SamplingParams, StopMatcher, TokenEvent, log_softmax_at
+from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent, TokenLoopEngine, log_softmax_at
 from srl_sdk.engines.models import resolve_gguf
-from srl_sdk.errors import ContextOverflowError, EngineError, ModelError, require
+from srl_sdk.errors import EngineError, ModelError, require
 
 DEFAULT_N_CTX = 4096
 
@@ -28,7 +28,7 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(TokenLoopEngine):
     """A GGUF model in llama.cpp. `model` is a path to a .gguf file or the alias 'smollm2'."""
 
     name = "llama.cpp"
@@ -93,26 +93,8 @@ class LlamaCppEngine(Engine):
         )
         return formatter(messages=list(messages)).prompt
 
-    def _tokenize(self, text: str) -> list[int]:
+    def _encode(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._tokenize(text))
-
-    def stream(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[TokenEvent]:
-        if self.closed:
-            raise EngineError("this engine was closed; create a new one")
-        tokens = self._tokenize(prompt)
-        room = self.context_length - len(tokens)
-        if room < 1:
-            raise ContextOverflowError(len(tokens), self.context_length)
-        budget = min(params.max_tokens, room)
-        return self._decode(tokens, params, budget, cancel)
 
     def _decode(
         self,

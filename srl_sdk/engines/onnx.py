@@ -22,8 +22,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from srl_sdk.engines.base import Engine, SamplingParams, StopMatcher, TokenEvent, log_softmax_at
-from srl_sdk.errors import ContextOverflowError, EngineError, ModelError, require
+from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent, TokenLoopEngine, log_softmax_at
+from srl_sdk.errors import EngineError, ModelError, require
 
 DEFAULT_CONTEXT = 4096
 
@@ -55,7 +55,7 @@ def resolve_onnx_dir(model: str | os.PathLike[str]) -> Path:
     return folder
 
 
-class OnnxEngine(Engine):
+class OnnxEngine(TokenLoopEngine):
     """An onnxruntime-genai build folder (or its model.onnx)."""
 
     name = "onnx"
@@ -112,24 +112,6 @@ class OnnxEngine(Engine):
 
     def _encode(self, text: str) -> list[int]:
         return [int(t) for t in self._tokenizer.encode(text)]
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
-
-    # -- decoding ---------------------------------------------------------------------------
-    def stream(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[TokenEvent]:
-        if self.closed:
-            raise EngineError("this engine was closed; create a new one")
-        tokens = self._encode(prompt)
-        room = self.context_length - len(tokens)
-        if room < 1:
-            raise ContextOverflowError(len(tokens), self.context_length)
-        return self._decode(tokens, params, min(params.max_tokens, room), cancel)
 
     def _search_options(self, params: SamplingParams) -> dict[str, object]:
         options: dict[str, object] = {"max_length": self.context_length, "batch_size": 1}

@@ -19,9 +19,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from srl_sdk.engines.base import Engine, SamplingParams, StopMatcher, TokenEvent
+from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent, TokenLoopEngine
 from srl_sdk.engines.models import is_alias, resolve_gguf
-from srl_sdk.errors import ContextOverflowError, EngineError, ModelError, require
+from srl_sdk.errors import EngineError, ModelError, require
 
 __all__ = ["TransformersEngine"]
 
@@ -31,7 +31,7 @@ def _default_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(TokenLoopEngine):
     """A causal LM in transformers + torch, decoded token by token with a KV cache."""
 
     name = "transformers"
@@ -122,25 +122,6 @@ class TransformersEngine(Engine):
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
-
-    def stream(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[TokenEvent]:
-        if self.closed:
-            raise EngineError("this engine was closed; create a new one")
-        tokens = self._encode(prompt)
-        if not tokens:
-            raise EngineError("the prompt is empty after tokenization; render the messages first")
-        room = self.context_length - len(tokens)
-        if room < 1:
-            raise ContextOverflowError(len(tokens), self.context_length)
-        return self._decode(tokens, params, min(params.max_tokens, room), cancel)
 
     def _pick(self, logits, params: SamplingParams, generator):
         torch = self._torch
