@@ -304,7 +304,7 @@ class VLLMEngine(Engine):
         task.cancel()
         if not self.closed and not self._runner.loop.is_closed():
             try:
-                self._runner.run(self._abort(request_id), timeout=10)
+                self._runner.run(self._abort(request_id), timeout=30)  # generous: a loaded CPU is slow
             except Exception:  # engine already gone: nothing left to abort
                 pass
 
