@@ -387,7 +387,7 @@ class VLLMEngine(Engine):
                 task.cancel()
                 if not self.closed:
                     try:
-                        await asyncio.wait_for(asyncio.wrap_future(self._runner.submit(self._abort(request_id))), 10)
+                        await asyncio.wait_for(asyncio.wrap_future(self._runner.submit(self._abort(request_id))), 30)
                     except Exception:
                         pass
 

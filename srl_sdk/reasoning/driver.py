@@ -220,13 +220,13 @@ class Driver:
         try:
             for event in stream:
                 if event.finish_reason is not None:
-                    self._append(out, event, phase, step_index, stop_at_newline)
+                    self._append(out, event, stop_at_newline)
                     out.finish = out.finish or event.finish_reason
                     out.matched_stop = event.matched_stop
                     if event.text:
                         yield TokenDelta(step_index, phase, event.text, None)
                     return
-                emitted = self._append(out, event, phase, step_index, stop_at_newline)
+                emitted = self._append(out, event, stop_at_newline)
                 if emitted:
                     yield TokenDelta(step_index, phase, emitted, event.logprob)
                 if out.finish == "newline":
@@ -241,7 +241,7 @@ class Driver:
             stream.close()
 
     @staticmethod
-    def _append(out: _Phase, event: TokenEvent, phase: str, step_index: int, stop_at_newline: bool) -> str:
+    def _append(out: _Phase, event: TokenEvent, stop_at_newline: bool) -> str:
         """Add a token to the phase; for one-line actions, cut at the first newline after text."""
         if event.logprob is not None:
             out.logprobs.append(event.logprob)
@@ -328,8 +328,6 @@ class Driver:
                 return "repeated_step"
             seen.add(key)
             if used_tokens >= cfg.max_total_tokens:
-                return "length"
-            if action.finish == "length" and not action.text.strip():
                 return "length"
 
     def _free(self, trace: Trace, cancel: threading.Event | None, deadline: float | None):
