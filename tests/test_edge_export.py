@@ -171,3 +171,48 @@ def test_onnx_export_failures_leave_nothing(hf_dir, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="builder failed"):
         export_onnx(broken, OnnxExportConfig(precision="int4", out=tmp_path / "onnx"))
     assert not (tmp_path / "onnx").exists() and leftovers(tmp_path) == []
+
+
+def test_sigkill_during_export_leaves_no_build_and_the_next_export_sweeps_it(hf_dir, tmp_path):
+    """`srl export gguf` killed without warning while it writes: nothing under the final name; its
+    hidden temporaries are removed by the next export to that name, which then succeeds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from srl_sdk.edge.files import remove_dead_partials
+
+    out = tmp_path / "killed.gguf"
+    log = (tmp_path / "export.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "srl_sdk.cli", "export", "gguf", str(hf_dir), "--quant", "q8_0", "--out", str(out),
+         "--threads", "1"], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+    def partial_bytes() -> int:
+        return sum(p.stat().st_size for p in tmp_path.glob(f".{out.name}.{proc.pid}-*") if p.is_file())
+
+    deadline = time.monotonic() + 300
+    try:
+        while partial_bytes() < 1_000_000:  # mid-write: the converter has written at least 1 MB
+            assert proc.poll() is None, (tmp_path / "export.log").read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the export wrote nothing within 5 minutes"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        log.close()
+    assert not out.exists(), "a killed export left a file under the final name"
+    stale = sorted(p.name for p in tmp_path.glob(f".{out.name}.*"))
+    assert stale and all(name.startswith(f".{out.name}.{proc.pid}-") for name in stale), stale
+
+    # an export running beside the leftovers keeps its own temporaries (its PID is alive)
+    mine = tmp_path / f".{out.name}.{os.getpid()}-inprogress.partial"
+    mine.write_bytes(b"GGUF")
+    result = export_gguf(hf_dir, GGUFExportConfig(quant="q8_0", out=out, n_threads=2))
+    assert result.path == out and out.is_file()
+    assert leftovers(tmp_path) == [mine.name]
+    assert remove_dead_partials(out) == []
+    assert greedy(out).strip()

@@ -97,6 +97,33 @@ def test_health_models_metrics(server):
     metrics = httpx.get(process.url + "/metrics")
     assert metrics.status_code == 200
     assert "srl_requests_total" in metrics.text
+    # llama.cpp serves one sequence at a time: it publishes no scheduler gauges
+    assert "srl_engine_" not in metrics.text
+
+
+def test_engine_gauges_render_per_worker_and_survive_a_gone_manager():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from srl_sdk.serving import metrics
+
+    published = {"101": {"requests_running": 3, "requests_running_peak": 4}, "202": {"requests_running": 1}}
+    body, content_type = metrics.render(published)
+    assert content_type.startswith("text/plain")
+    samples = {(s.name, s.labels.get("worker")): s.value
+               for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    assert samples[("srl_engine_requests_running", "101")] == 3
+    assert samples[("srl_engine_requests_running", "202")] == 1
+    assert samples[("srl_engine_requests_running_peak", "101")] == 4
+
+    class GoneManager:
+        def items(self):
+            raise ConnectionError("manager stopped")
+
+        def keys(self):
+            raise ConnectionError("manager stopped")
+
+    body, _ = metrics.render(GoneManager())  # a scrape while the server stops still answers
+    assert b"srl_engine_" not in body and b"srl_requests_total" in body
 
 
 def test_reason_streams_tokens_steps_and_done(server):

@@ -15,6 +15,7 @@ from srl_sdk.training.data import (
     load_trajectories,
     rlvr_examples,
     sft_examples,
+    worked_thought,
     split_by_trajectory,
     srl_examples,
 )
@@ -94,7 +95,14 @@ def test_gsm8k_slice_becomes_srl_sft_rlvr_examples() -> None:
     whole = sft_examples(items[:1], render, "solution")
     assert len(whole) == 1 and whole[0]["completion"] == "\n".join(first.steps)
     per_step = sft_examples(items[:1], render, "step")
-    assert len(per_step) == len(first.steps) and per_step[0]["completion"] == "\n</think>\n" + first.steps[0]
+    assert len(per_step) == len(first.steps)
+    assert [row["prompt"] for row in per_step] == [row["prompt"] for row in srl]
+    # the thought is the step's own arithmetic (GSM8K: "Natalia sold 48/2 = 24 clips in May.")
+    assert per_step[0]["completion"] == "\n48/2 = 24\n</think>\n" + first.steps[0]
+    assert per_step[-1]["completion"].startswith("\n48+24 = 72\n</think>\n")
+    bare = sft_examples(items[:1], render, "step", thought="none")
+    assert bare[0]["completion"] == "\n</think>\n" + first.steps[0]
+    assert worked_thought("She has 3 apples left.") == ""
 
     rlvr = rlvr_examples(items, render)
     assert [r["answer"] for r in rlvr] == [i.answer for i in items]

@@ -4,6 +4,11 @@ Exports take seconds to minutes and can be killed, run out of disk, or fail half
 is written under a hidden temporary name in the destination folder (same file system, so the
 final `os.replace` is atomic) and renamed only after it is complete; on any failure the
 temporary is removed. A full disk (ENOSPC) becomes an ExportError that says so.
+
+A process killed outright (SIGKILL, power loss) cannot clean up: its hidden `.NAME.PID-….partial`
+entries stay behind, never under the final name. The temporary names carry the writer's PID, so
+the next export to the same name removes the leftovers of writers that are no longer alive (and
+never those of an export still running beside it).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +37,8 @@ def staged_file(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; on success it is renamed to `final`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    remove_dead_partials(final)
+    handle, name = tempfile.mkstemp(prefix=_temp_prefix(final), suffix=".partial", dir=final.parent)
     os.close(handle)
     temp = Path(name)
     try:
@@ -55,7 +62,8 @@ def staged_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success it replaces `final`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    remove_dead_partials(final)
+    temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), suffix=".partial", dir=final.parent))
     try:
         yield temp
         if not any(temp.iterdir()):
@@ -77,6 +85,36 @@ def staged_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_dead_partials(final: Path) -> list[Path]:
+    """Delete the temporaries that killed exports to `final` left behind; return what was removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+)-.*\.partial(\..*)?$")
+    for entry in final.parent.iterdir():
+        match = pattern.match(entry.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def _umask() -> int:

@@ -61,7 +61,8 @@ def export_onnx(model: str | os.PathLike[str], config: OnnxExportConfig | None =
     out = Path(config.out or Path("builds") / f"{source_label(model)}-onnx-{config.precision}").expanduser()
     if out.exists() and not (out / "genai_config.json").is_file():
         raise ExportError(f"{out} exists and is not an ONNX build; choose another --out or remove it")
-    with staged_dir(out) as staging, tempfile.TemporaryDirectory(prefix=".onnx-cache.", dir=staging.parent) as cache:
+    with staged_dir(out) as staging, tempfile.TemporaryDirectory(
+            prefix=staging.name.removesuffix(".partial") + "-cache-", suffix=".partial", dir=staging.parent) as cache:
         command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(staging),
                    "-p", config.precision, "-e", config.execution_provider, "-c", cache]
         env = {**os.environ, "OMP_NUM_THREADS": str(config.n_threads)}

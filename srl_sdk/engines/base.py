@@ -105,6 +105,14 @@ class Engine(ABC):
     def info(self) -> dict[str, object]:
         return {"engine": self.name, "model": self.model_id, "context_length": self.context_length}
 
+    def gauges(self) -> dict[str, int]:
+        """Live load figures a server exports on /metrics (name -> value); none for one-at-a-time engines.
+
+        A batching engine (vLLM) reports what its scheduler runs; the server reads this, not logs,
+        so the figures do not depend on how logging is configured.
+        """
+        return {}
+
     def close(self) -> None:
         """Release the model. Safe to call twice."""
 

@@ -17,6 +17,9 @@ How it is wired:
 - Closing a stream early, or setting `cancel`, aborts the request inside vLLM (`engine.abort`),
   which frees its batch slot and KV blocks at once. `close()` shuts down vLLM's engine processes:
   nothing is left running after a server stops.
+- A stat logger of ours (vLLM's `StatLoggerBase`, fed by the scheduler after every engine step)
+  keeps the running and waiting request counts and the most ever run at once; `gauges()` returns
+  them with the abort count, and the server exports them on /metrics.
 - The KV-cache budget is checked against the context length before vLLM starts, so a budget too
   small fails at start-up with a clear message, never mid-request.
 """
@@ -201,8 +204,9 @@ class VLLMEngine(Engine):
         self._runner = _LoopThread()
         self._llm = None
         self.closed = False
+        self._scheduler = SchedulerGauges()
         try:
-            self._llm = self._runner.run(self._start(engine_args), timeout=_START_TIMEOUT_S)
+            self._llm = self._runner.run(self._start(engine_args, self._scheduler), timeout=_START_TIMEOUT_S)
         except BaseException as exc:
             self._runner.stop()
             self.closed = True
@@ -226,10 +230,10 @@ class VLLMEngine(Engine):
                 await self._llm.do_log_stats()
 
     @staticmethod
-    async def _start(engine_args):
+    async def _start(engine_args, scheduler: "SchedulerGauges"):
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(engine_args)
+        return AsyncLLM.from_engine_args(engine_args, stat_loggers=[_scheduler_logger(scheduler)])
 
     # -- prompt side --------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
@@ -296,6 +300,7 @@ class VLLMEngine(Engine):
     async def _abort(self, request_id: str) -> None:
         if self._llm is not None:
             await self._llm.abort(request_id)
+            self._scheduler.aborted += 1
             # one line per abort in vLLM's own log (a server's log shows the slot was freed)
             _log().info("srl: aborted %s; vLLM now holds %d unfinished request(s)", request_id,
                         self._llm.get_num_unfinished_requests())
@@ -398,6 +403,20 @@ class VLLMEngine(Engine):
             return 0
         return int(self._llm.get_num_unfinished_requests())
 
+    def gauges(self) -> dict[str, int]:
+        """vLLM's scheduler as of its last step: running and waiting requests, the most run at once
+        since start, and how many requests were aborted (client gone or stream closed early)."""
+        gauges = self._scheduler
+        unfinished = self.running_requests()
+        idle = unfinished == 0  # the scheduler reports only while it steps: its last report may predate the end
+        return {
+            "requests_running": 0 if idle else gauges.running,
+            "requests_waiting": 0 if idle else gauges.waiting,
+            "requests_running_peak": gauges.peak_running,
+            "requests_unfinished": unfinished,
+            "requests_aborted": gauges.aborted,
+        }
+
     def info(self) -> dict[str, object]:
         return {
             **super().info(),
@@ -424,6 +443,43 @@ class VLLMEngine(Engine):
                 llm.shutdown()
         self._runner.stop()
         _reap(children)
+
+
+class SchedulerGauges:
+    """What vLLM's scheduler reported after its last step (written on the engine's loop thread)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.peak_running = 0
+        self.aborted = 0
+
+    def observe(self, running: int, waiting: int) -> None:
+        self.running, self.waiting = running, waiting
+        self.peak_running = max(self.peak_running, running)
+
+
+def _scheduler_logger(gauges: SchedulerGauges):
+    """A vLLM stat-logger class that copies the scheduler's counts into `gauges`.
+
+    vLLM calls custom stat loggers whatever its log level is (its default logging one only exists
+    when the `vllm` logger is enabled for INFO), so the counts are there in every configuration.
+    """
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SchedulerWatch(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                gauges.observe(int(scheduler_stats.num_running_reqs), int(scheduler_stats.num_waiting_reqs))
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return SchedulerWatch
 
 
 def _stats_interval() -> float:

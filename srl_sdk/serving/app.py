@@ -30,7 +30,7 @@ def _check_litserve() -> Any:
     return litserve
 
 
-def build_server(config: ServerConfig, cancel_flags: Any):
+def build_server(config: ServerConfig, cancel_flags: Any, engine_gauges: Any = None):
     """The LitServer with our spec's routes, error handlers and HTTP metrics (not started)."""
     litserve = _check_litserve()
     from fastapi.exceptions import RequestValidationError
@@ -39,7 +39,7 @@ def build_server(config: ServerConfig, cancel_flags: Any):
 
     from srl_sdk.serving.worker import StepAPI
 
-    api = StepAPI(config, cancel_flags)
+    api = StepAPI(config, cancel_flags, engine_gauges)
     server = litserve.LitServer(
         api,
         accelerator=config.accelerator,
@@ -132,7 +132,8 @@ def serve(config: ServerConfig) -> None:
     litserve.server._MCP_AVAILABLE = False
     with mp.Manager() as manager:
         cancel_flags = manager.dict()
-        server = build_server(config, cancel_flags)
+        engine_gauges = manager.dict()  # worker pid -> the engine's live gauges (batching engines only)
+        server = build_server(config, cancel_flags, engine_gauges)
         import os
 
         _MAIN_PID[:] = [os.getpid()]

@@ -7,7 +7,10 @@ registry keeps these apart from anything else in the process.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 REGISTRY = CollectorRegistry()
 
@@ -32,5 +35,37 @@ def observe(event: dict) -> None:
         STREAM_ERRORS.labels(str(event["error"].get("type"))).inc()
 
 
-def render() -> tuple[bytes, str]:
+class EngineGauges:
+    """Exports what the workers' engines last published (`srl_engine_<name>{worker="pid"}`).
+
+    The figures live in the workers; they copy them into a Manager dict that `render` points this
+    collector at, read at scrape time.
+    """
+
+    def __init__(self) -> None:
+        self.source: Any = None
+
+    def collect(self):
+        try:
+            published = dict(self.source) if self.source is not None else {}
+        except (OSError, EOFError, ConnectionError):  # the manager is gone: the server is stopping
+            published = {}
+        families: dict[str, GaugeMetricFamily] = {}
+        for worker, gauges in sorted(published.items()):
+            for name, value in gauges.items():
+                family = families.get(name)
+                if family is None:
+                    family = families[name] = GaugeMetricFamily(
+                        f"srl_engine_{name}", f"The engine's {name.replace('_', ' ')} (per worker)", labels=["worker"])
+                family.add_metric([str(worker)], float(value))
+        yield from families.values()
+
+
+ENGINE_GAUGES = EngineGauges()
+REGISTRY.register(ENGINE_GAUGES)
+
+
+def render(engine_gauges: Any = None) -> tuple[bytes, str]:
+    if engine_gauges is not None:
+        ENGINE_GAUGES.source = engine_gauges
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

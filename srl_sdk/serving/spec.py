@@ -42,11 +42,12 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 
 class StepSpec(LitSpec):
-    def __init__(self, config: ServerConfig, cancel_flags: Any) -> None:
+    def __init__(self, config: ServerConfig, cancel_flags: Any, engine_gauges: Any = None) -> None:
         super().__init__()
         self.api_path = "/v1/reason"
         self.config = config
         self.cancel_flags = cancel_flags
+        self.engine_gauges = engine_gauges
         self._store = None
         self.add_endpoint("/v1/reason", self.reason, ["POST"])
         self.add_endpoint("/v1/chat/completions", self.chat_completions, ["POST"])
@@ -331,7 +332,7 @@ class StepSpec(LitSpec):
         }]})
 
     async def metrics(self) -> Response:
-        body, content_type = metrics.render()
+        body, content_type = metrics.render(self.engine_gauges)
         return Response(body, media_type=content_type)
 
 

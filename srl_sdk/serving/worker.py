@@ -13,6 +13,10 @@ a private thread pool; an engine that serves one sequence at a time (llama.cpp) 
 turns phase by phase. The number of streams a worker runs at once is bounded by a semaphore
 smaller than the pool, so a stream holding the engine always has a thread to continue on.
 
+Engine load: a batching engine's gauges (vLLM's running/waiting requests) are copied every
+GAUGE_PERIOD_S into a second Manager dict, keyed by worker pid, which /metrics in the API process
+reads; engines that serve one sequence at a time publish nothing.
+
 Cancellation: the API process marks a trace id in a Manager dict when its client leaves; a
 watcher here polls it and sets the run's `threading.Event`, which the engine checks per token.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
@@ -36,6 +41,7 @@ from srl_sdk.serving.spec import StepSpec
 
 _END = object()
 CANCEL_POLL_S = 0.1
+GAUGE_PERIOD_S = 0.5
 
 
 def error_status(exc: BaseException) -> int:
@@ -48,10 +54,12 @@ def error_status(exc: BaseException) -> int:
 
 
 class StepAPI(ls.LitAPI):
-    def __init__(self, config: ServerConfig, cancel_flags: Any) -> None:
-        super().__init__(api_path="/v1/reason", spec=StepSpec(config, cancel_flags), enable_async=True)
+    def __init__(self, config: ServerConfig, cancel_flags: Any, engine_gauges: Any = None) -> None:
+        super().__init__(api_path="/v1/reason", spec=StepSpec(config, cancel_flags, engine_gauges),
+                         enable_async=True)
         self.config = config
         self.cancel_flags = cancel_flags
+        self.engine_gauges = engine_gauges
         self.engine = None
         self.store = None
 
@@ -66,6 +74,20 @@ class StepAPI(ls.LitAPI):
         size = self.config.limits.streams_per_worker
         self._pool = ThreadPoolExecutor(max_workers=size + 2, thread_name_prefix="srl-driver")
         self._slots = asyncio.Semaphore(size)
+        if self.engine_gauges is not None and self.engine.gauges():
+            threading.Thread(target=self._publish_gauges, name="srl-gauges", daemon=True).start()
+
+    def _publish_gauges(self) -> None:
+        """Copy the engine's gauges to the API process until the manager goes away (server stopping)."""
+        key = str(_pid())
+        while True:
+            try:
+                self.engine_gauges[key] = self.engine.gauges()
+            except (OSError, EOFError, ConnectionError):
+                return
+            except Exception:  # the engine is closing: its figures are no longer meaningful
+                return
+            time.sleep(GAUGE_PERIOD_S)
 
     def authorize(self, request: Request, authorization: str | None = Header(default=None)) -> None:
         """`Authorization: Bearer <key>` on every route but /health (LitServe uses this as a dependency)."""

@@ -10,9 +10,13 @@ Three example kinds come out, all speaking the one step protocol of `srl_sdk.cor
   with the `<think>` prefill, `expert_step` = step k (the reward compares against it).
 - SFT: the paper's SFT baseline fine-tunes on WHOLE expert solutions (`sft_mode="solution"`:
   prompt = the free-mode prompt, completion = the solution one step per line + `#### answer`).
-  `sft_mode="step"` instead teaches the stepwise protocol directly (completion = `\n</think>\n`
-  + the expert step: an empty thought, since experts wrote none; the newline keeps `<think>` and
-  `</think>` from merging into one `></` token, which inference would never produce).
+  `sft_mode="step"` instead teaches the stepwise protocol directly: completion = thought +
+  `\n</think>\n` + the expert step. Experts wrote no monologue, so the thought is the step's own
+  arithmetic (`sft_thought="arithmetic"`: "48/2 = 24", the claims `core.checks` finds, one per
+  line; empty for a step without any) or nothing (`"none"`). A thought that is always empty
+  taught SmolLM2 "newline, then `</think>`" so hard that it repeated `</think>` where the step
+  belongs. The leading newline keeps `<think>` and `</think>` from merging into one `></` token,
+  which inference would never produce.
 - RLVR: the free-mode prompt and the reference answer (outcome reward), numeric answers only.
 
 The train/validation split is by trajectory (problem), never by step: steps of one solution in
@@ -30,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from srl_sdk.core.answers import extract_answer, parse_number
+from srl_sdk.core.checks import check_arithmetic
 from srl_sdk.core.format import FINAL_MARKER, THINK_CLOSE, THINK_OPEN, free_messages, step_messages
 from srl_sdk.core.splitting import ExpertSolution, SplitStyle, split_solution
 from srl_sdk.errors import ConfigError, InputError, require
@@ -319,6 +324,7 @@ def sft_examples(
     items: Sequence[ExpertSolution],
     render: PromptRenderer,
     mode: Literal["solution", "step"] = "solution",
+    thought: Literal["arithmetic", "none"] = "arithmetic",
 ) -> list[dict[str, Any]]:
     """prompt/completion pairs (TRL's SFTTrainer trains on the completion only)."""
     rows: list[dict[str, Any]] = []
@@ -332,10 +338,16 @@ def sft_examples(
                     "prompt": render(step_messages(item.problem, item.steps[: k - 1])) + THINK_OPEN,
                     # "\n" before </think>: glued to the prefilled "<think>", "></" is ONE token, so
                     # an empty thought would train a token sequence inference never shows
-                    "completion": f"\n{THINK_CLOSE}\n{step}",
+                    "completion": f"\n{worked_thought(step) if thought == 'arithmetic' else ''}{THINK_CLOSE}\n{step}",
                 }
             )
     return rows
+
+
+def worked_thought(step: str) -> str:
+    """The arithmetic a step states ("48/2 = 24"), one claim per line and newline-ended; "" if none."""
+    claims = [result.detail for result in check_arithmetic(step.partition(FINAL_MARKER)[0])]
+    return "".join(f"{claim}\n" for claim in claims)
 
 
 def rlvr_examples(

@@ -69,6 +69,8 @@ class StageSettings(BaseModel):
     malformed_outcome_reward: float = Field(default=0.0, description="rlvr: reward of a reply with no answer")
     # SFT
     sft_mode: Literal["solution", "step"] = "solution"
+    sft_thought: Literal["arithmetic", "none"] = Field(
+        default="arithmetic", description="step mode: the thought is the step's own arithmetic, or empty")
     max_length: int | None = Field(default=1024, ge=16)
     trl_args: dict[str, Any] = Field(default_factory=dict, description="extra TRL config fields, verbatim")
 

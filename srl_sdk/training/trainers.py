@@ -250,8 +250,8 @@ def _datasets(name: str, recipe: TrainRecipe, split: TrainValSplit, tokenizer, r
     elif name == "rlvr":
         train_rows, val_rows = rlvr_examples(split.train, render, report), rlvr_examples(split.validation, render)
     else:
-        train_rows = sft_examples(split.train, render, stage.sft_mode)
-        val_rows = sft_examples(split.validation, render, stage.sft_mode)
+        train_rows = sft_examples(split.train, render, stage.sft_mode, stage.sft_thought)
+        val_rows = sft_examples(split.validation, render, stage.sft_mode, stage.sft_thought)
     if not train_rows:
         raise TrainingError(f"the {name} stage has no training examples ({report.summary()}); use more or other data")
     train_ds = datasets.Dataset.from_list(train_rows)
