@@ -178,3 +178,39 @@ def test_disconnect_aborts_the_vllm_request(server):
     response = httpx.post(process.url + "/v1/reason", timeout=300,
                           json={"problem": PROBLEMS[3], "stream": False, "limits": {"max_steps": 1}})
     assert response.status_code == 200
+
+
+def test_engine_death_mid_stream_ends_in_a_typed_error_and_is_recorded(server):
+    """vLLM's engine process is SIGKILLed while a stream is running (an engine error mid-stream).
+
+    The client gets a typed `error` event (no hang), the partial trace is stored as `error`, and
+    the server still stops cleanly on SIGTERM (the fixture's teardown checks that). It runs last
+    in this module because it leaves the server without an engine.
+    """
+    import json
+
+    import psutil
+
+    process, _ = server
+    body = {"problem": PROBLEMS[0], "tokens": True,
+            "limits": {"max_steps": 12, "max_thought_tokens": 256, "max_action_tokens": 256}}
+    with httpx.Client(timeout=120) as client:
+        with connect_sse(client, "POST", process.url + "/v1/reason", json=body) as source:
+            events = source.iter_sse()
+            first = next(events)
+            assert first.event == "token"
+            trace_id = first.id.rpartition(":")[0]
+            cores = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("VLLM::EngineCore")]
+            assert cores, "no vLLM engine process found"
+            for core in cores:
+                core.kill()
+            rest = list(events)  # ends: the server closes the stream (bounded by the client timeout)
+    assert rest and rest[-1].event == "error", [e.event for e in rest][-5:]
+    error = json.loads(rest[-1].data)
+    assert error["type"] == "EngineError" and "vLLM" in error["message"], error
+    trace = Trace.model_validate(httpx.get(f"{process.url}/v1/traces/{trace_id}", timeout=30).json())
+    assert trace.finish_reason == "error" and trace.meta["error"]["type"] == "EngineError"
+    # the next request is refused with an error, not left hanging
+    response = httpx.post(process.url + "/v1/reason", timeout=120,
+                          json={"problem": PROBLEMS[1], "stream": False, "limits": {"max_steps": 1}})
+    assert response.status_code >= 500 and "error" in response.json()
