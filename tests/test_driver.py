@@ -3,6 +3,7 @@
 import pytest
 
 from srl_sdk import Step
+from srl_sdk.core.format import THINK_OPEN, step_messages
 from srl_sdk.errors import ContextOverflowError, InputError
 from srl_sdk.reasoning import Driver, Finished, ReasonConfig, TokenDelta
 
@@ -34,6 +35,9 @@ def test_stepwise_streams_typed_steps(llama_engine, problem):
     assert trace.finish_reason in {"final_answer", "max_steps", "repeated_step", "length", "stop"}
     assert trace.model and trace.engine == "llama.cpp"
     assert trace.usage["completion_tokens"] == sum(s.tokens for s in steps)
+    # each step sends two prompts (thought, then action), each at least as long as the first one
+    first_prompt = llama_engine.render(step_messages(problem, [])) + THINK_OPEN
+    assert trace.usage["prompt_tokens"] >= 2 * len(steps) * llama_engine.count_tokens(first_prompt)
 
 
 def test_max_steps_is_respected(llama_engine, problem):

@@ -203,6 +203,7 @@ def test_official_openai_client_non_streaming(server):
     expected = "length" if trace.finish_reason in ("max_steps", "length", "timeout") else "stop"
     assert choice.finish_reason == expected
     assert reply.usage.completion_tokens == trace.usage["completion_tokens"] > 0
+    assert reply.usage.prompt_tokens == trace.usage["prompt_tokens"] > 0
     assert trace.request["endpoint"] == "/v1/chat/completions"
 
 

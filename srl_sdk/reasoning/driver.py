@@ -214,8 +214,12 @@ class Driver:
         cancel: threading.Event | None,
         deadline: float | None,
         out: _Phase,
+        usage: dict[str, int],
         stop_at_newline: bool = False,
     ) -> Iterator[TokenDelta]:
+        """Decode one phase into `out`; the prompt's tokens are added to `usage` (every phase
+        re-sends its whole prompt, so prompt_tokens counts what the engine was given in total)."""
+        usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + self.engine.count_tokens(prompt)
         stream = self.engine.stream(prompt, params, cancel)
         try:
             for event in stream:
@@ -272,7 +276,7 @@ class Driver:
                 yield from self._run_phase(
                     prompt,
                     cfg.sampling(min(cfg.max_thought_tokens, cfg.max_total_tokens - used_tokens), THOUGHT_STOPS),
-                    "thought", index, cancel, deadline, thought,
+                    "thought", index, cancel, deadline, thought, trace.usage,
                 )
             except ContextOverflowError:
                 if index == 1 or not trace.steps:
@@ -293,7 +297,7 @@ class Driver:
                 yield from self._run_phase(
                     action_prompt,
                     cfg.sampling(min(cfg.max_action_tokens, max(1, cfg.max_total_tokens - used_tokens)), []),
-                    "action", index, cancel, deadline, action,
+                    "action", index, cancel, deadline, action, trace.usage,
                     stop_at_newline=True,
                 )
             except ContextOverflowError:
@@ -333,6 +337,7 @@ class Driver:
     def _free(self, trace: Trace, cancel: threading.Event | None, deadline: float | None):
         cfg = self.config
         prompt = self.engine.render(free_messages(trace.problem))
+        trace.usage["prompt_tokens"] = trace.usage.get("prompt_tokens", 0) + self.engine.count_tokens(prompt)
         stream = self.engine.stream(prompt, cfg.sampling(cfg.max_total_tokens, []), cancel)
         pending = ""  # text of the line being written
         logprobs: list[float] = []
