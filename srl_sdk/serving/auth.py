@@ -1,7 +1,10 @@
 """API keys: `Authorization: Bearer <key>`, compared in constant time.
 
 `/health` stays open so load balancers and orchestrators can probe it without a secret; every
-other route (reason, chat, traces, models, metrics, docs) needs a key when keys are configured.
+route of the API (reason, chat, traces, models, metrics, info) needs a key when keys are
+configured. FastAPI's own `/docs` and `/openapi.json` stay open too: a browser opening the docs
+cannot send a bearer header, and they describe the API without revealing a key, the store or
+a model path (tests/test_security.py checks that).
 """
 
 from __future__ import annotations
