@@ -94,13 +94,13 @@ def test_gsm8k_slice_becomes_srl_sft_rlvr_examples() -> None:
 
     whole = sft_examples(items[:1], render, "solution")
     assert len(whole) == 1 and whole[0]["completion"] == "\n".join(first.steps)
-    per_step = sft_examples(items[:1], render, "step")
+    per_step = sft_examples(items[:1], render, "step", thought="arithmetic")
     assert len(per_step) == len(first.steps)
     assert [row["prompt"] for row in per_step] == [row["prompt"] for row in srl]
     # the thought is the step's own arithmetic (GSM8K: "Natalia sold 48/2 = 24 clips in May.")
     assert per_step[0]["completion"] == "\n48/2 = 24\n</think>\n" + first.steps[0]
     assert per_step[-1]["completion"].startswith("\n48+24 = 72\n</think>\n")
-    bare = sft_examples(items[:1], render, "step", thought="none")
+    bare = sft_examples(items[:1], render, "step")  # the default: an empty thought
     assert bare[0]["completion"] == "\n</think>\n" + first.steps[0]
     assert worked_thought("She has 3 apples left.") == ""
 

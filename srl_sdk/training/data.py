@@ -11,12 +11,13 @@ Three example kinds come out, all speaking the one step protocol of `srl_sdk.cor
 - SFT: the paper's SFT baseline fine-tunes on WHOLE expert solutions (`sft_mode="solution"`:
   prompt = the free-mode prompt, completion = the solution one step per line + `#### answer`).
   `sft_mode="step"` instead teaches the stepwise protocol directly: completion = thought +
-  `\n</think>\n` + the expert step. Experts wrote no monologue, so the thought is the step's own
-  arithmetic (`sft_thought="arithmetic"`: "48/2 = 24", the claims `core.checks` finds, one per
-  line; empty for a step without any) or nothing (`"none"`). A thought that is always empty
-  taught SmolLM2 "newline, then `</think>`" so hard that it repeated `</think>` where the step
-  belongs. The leading newline keeps `<think>` and `</think>` from merging into one `></` token,
-  which inference would never produce.
+  `\n</think>\n` + the expert step. Experts wrote no monologue, so the thought is empty
+  (`sft_thought="none"`, the default) or the step's own arithmetic (`"arithmetic"`: "48/2 = 24",
+  the claims `core.checks` finds, one per line). Neither is a real monologue, so keep this SFT
+  short and gentle: at a high learning rate the empty thought taught SmolLM2 to repeat
+  `</think>`, and the arithmetic one to copy its thought as the step (docs/results.md). The
+  leading newline keeps `<think>` and `</think>` from merging into one `></` token, which
+  inference would never produce.
 - RLVR: the free-mode prompt and the reference answer (outcome reward), numeric answers only.
 
 The train/validation split is by trajectory (problem), never by step: steps of one solution in
@@ -324,7 +325,7 @@ def sft_examples(
     items: Sequence[ExpertSolution],
     render: PromptRenderer,
     mode: Literal["solution", "step"] = "solution",
-    thought: Literal["arithmetic", "none"] = "arithmetic",
+    thought: Literal["none", "arithmetic"] = "none",
 ) -> list[dict[str, Any]]:
     """prompt/completion pairs (TRL's SFTTrainer trains on the completion only)."""
     rows: list[dict[str, Any]] = []

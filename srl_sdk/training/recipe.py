@@ -70,7 +70,7 @@ class StageSettings(BaseModel):
     # SFT
     sft_mode: Literal["solution", "step"] = "solution"
     sft_thought: Literal["arithmetic", "none"] = Field(
-        default="arithmetic", description="step mode: the thought is the step's own arithmetic, or empty")
+        default="none", description="step mode: an empty thought, or the step's own arithmetic")
     max_length: int | None = Field(default=1024, ge=16)
     trl_args: dict[str, Any] = Field(default_factory=dict, description="extra TRL config fields, verbatim")
 
