@@ -13,7 +13,12 @@ informative group" (a group whose reward std > epsilon, i.e. one that carries a 
 TRL pays step time / informative groups in the step; dynamic sampling pays more per step (extra
 rounds) but fills the step with informative groups. The first step of each trainer is left out.
 
-    .venv/bin/python benchmarks/training_step.py --steps 5            # writes docs/benchmarks.md "Training step"
+Use a model that already writes the step format some of the time, i.e. the output of a recipe's
+SFT stage: the base SmolLM2 never closes its thought, so every reward is -1, every group has zero
+variance and none of the three trainers learns anything (that case is reported too).
+
+    .venv/bin/srl train --recipe training/cpu-smollm2-gsm8k.yaml --output runs/cpu   # or any run's sft/final
+    .venv/bin/python benchmarks/training_step.py --model runs/cpu/sft/final --steps 4   # writes "Training step"
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ def build(variant: str, opts, hf_dir: str, out: Path):
     # the peer: the same GRPO settings, dataset, reward and LoRA, in TRL's own classes
     plain = {f.name: getattr(ours.args, f.name) for f in fields(GRPOConfig) if f.init}
     plain["output_dir"] = str(out / variant)
+    plain.pop("generation_batch_size")  # derived from steps_per_generation in __post_init__; TRL refuses both
     train_dataset, tokenizer = ours.train_dataset, ours.processing_class
     del ours
     gc.collect()
@@ -155,6 +161,8 @@ LABELS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2",
+                        help="HF folder (a run's sft/final) or 'smollm2' for the base model")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per trainer (the first is left out)")
     parser.add_argument("--batch", type=int, default=8, help="completions per step (prompts x generations)")
     parser.add_argument("--generations", type=int, default=4)
@@ -170,7 +178,7 @@ def main() -> None:
     from srl_sdk.training.models import gguf_to_hf_dir
 
     session = Session()
-    hf_dir = str(gguf_to_hf_dir("smollm2"))
+    hf_dir = str(gguf_to_hf_dir("smollm2")) if opts.model == "smollm2" else str(Path(opts.model).resolve())
     with tempfile.TemporaryDirectory(prefix="srl-bench-train-") as tmp:
         results = {v: measure(v, opts, hf_dir, Path(tmp)) for v in ("trl", "srl", "srl-ds")}
     base = results["trl"]
@@ -187,7 +195,8 @@ def main() -> None:
                  "zero-std groups (first round)", "rows with signal", "s per informative group",
                  "x TRL (higher: cheaper signal)", "LoRA changed"], rows)
     settings = (
-        f"Settings: SmolLM2-135M-Instruct (HF folder converted from the embedded GGUF), fp32, LoRA r16 on all 7 "
+        f"Settings: model `{opts.model}` (SmolLM2-135M-Instruct; 'smollm2' = the base model converted from the "
+        f"embedded GGUF, a path = a recipe's SFT output), fp32, LoRA r16 on all 7 "
         f"projections, SRL step-similarity reward, {opts.batch} completions per step ({opts.batch // opts.generations} "
         f"prompts x G={opts.generations}), at most {opts.completion} completion tokens, temperature 1.0, beta 0, "
         f"lr 2e-4, {opts.threads} torch threads, seed 0, the first {opts.trajectories} GSM8K trajectories; "
