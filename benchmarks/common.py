@@ -117,3 +117,43 @@ def write_section(title: str, body: str, path: Path = DOCS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
     print(f"wrote section '{title}' of {path}")
+
+
+class TrainerClock:
+    """Times a TRL GRPO trainer: each optimizer step, and each generation call inside it.
+
+    Wraps `_generate_single_turn` (the rollout call, including the vLLM weight sync when TRL
+    uses vLLM) and adds a step callback. `calls` holds (step number, seconds, generated tokens)
+    per generation call; a dynamic-sampling step makes several calls.
+    """
+
+    def __init__(self, trainer) -> None:
+        from transformers import TrainerCallback
+
+        self.step_s: list[float] = []
+        self.calls: list[tuple[int, float, int]] = []
+        original = trainer._generate_single_turn
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            completion_ids, logprobs = original(*args, **kwargs)
+            self.calls.append((len(self.step_s), time.perf_counter() - start, sum(len(c) for c in completion_ids)))
+            return completion_ids, logprobs
+
+        trainer._generate_single_turn = timed
+        clock = self
+
+        class StepClock(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                clock._t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.step_s.append(time.perf_counter() - clock._t0)
+
+        trainer.add_callback(StepClock())
+
+    def generation_s(self, step: int) -> float:
+        return sum(seconds for index, seconds, _ in self.calls if index == step)
+
+    def generation_calls(self, step: int) -> int:
+        return sum(1 for index, _, _ in self.calls if index == step)

@@ -28,49 +28,13 @@ import gc
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, Session, median, table, write_section  # noqa: E402
+from common import REPO_ROOT, Session, TrainerClock, median, table, write_section  # noqa: E402
 
 GSM8K = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-
-
-class Clock:
-    """Times each optimizer step and each generation call of a trainer."""
-
-    def __init__(self, trainer) -> None:
-        from transformers import TrainerCallback
-
-        self.step_s: list[float] = []
-        self.generate_s: list[float] = []
-        self.generate_calls: list[int] = []
-        self._calls = 0
-        original = trainer._generate_single_turn
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            result = original(*args, **kwargs)
-            self.generate_s[-1] += time.perf_counter() - start
-            self._calls += 1
-            return result
-
-        trainer._generate_single_turn = timed
-        clock = self
-
-        class StepClock(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                clock._t0 = time.perf_counter()
-                clock.generate_s.append(0.0)
-                clock._calls = 0
-
-            def on_step_end(self, args, state, control, **kwargs):
-                clock.step_s.append(time.perf_counter() - clock._t0)
-                clock.generate_calls.append(clock._calls)
-
-        trainer.add_callback(StepClock())
 
 
 def build(variant: str, opts, hf_dir: str, out: Path):
@@ -116,7 +80,7 @@ def measure(variant: str, opts, hf_dir: str, out: Path) -> dict:
     torch.manual_seed(0)
     trainer = build(variant, opts, hf_dir, out)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    clock = Clock(trainer)
+    clock = TrainerClock(trainer)
     trainer.train()
     changed = any(not torch.equal(before[n], p.detach()) for n, p in trainer.model.named_parameters() if n in before)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry or "reward" in entry]
@@ -128,7 +92,7 @@ def measure(variant: str, opts, hf_dir: str, out: Path) -> dict:
         zero_std = float(log.get("frac_reward_zero_std", float("nan")))
         # rows of the trained batch that carry a gradient: plain GRPO keeps every group it drew
         signal = float(log["dynamic_sampling/signal_fraction"]) if "dynamic_sampling/signal_fraction" in log else 1.0 - zero_std
-        rows.append({"step_s": step_s, "generate_s": clock.generate_s[i], "calls": clock.generate_calls[i],
+        rows.append({"step_s": step_s, "generate_s": clock.generation_s(i), "calls": clock.generation_calls(i),
                      "zero_std": zero_std, "signal": signal, "informative": signal * groups})
     measured = rows[skip:]
     informative = sum(r["informative"] for r in measured)

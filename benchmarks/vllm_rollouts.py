@@ -19,43 +19,16 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import TrainerClock  # noqa: E402
+
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-
-
-class _Timer:
-    """Wraps the trainer's rollout call and times each optimizer step."""
-
-    def __init__(self, trainer) -> None:
-        self.rollout_s: list[float] = []
-        self.rollout_tokens: list[int] = []
-        self.step_s: list[float] = []
-        original = trainer._generate_single_turn
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            completion_ids, logprobs = original(*args, **kwargs)
-            self.rollout_s.append(time.perf_counter() - start)
-            self.rollout_tokens.append(sum(len(c) for c in completion_ids))
-            return completion_ids, logprobs
-
-        trainer._generate_single_turn = timed
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class StepClock(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                timer._t0 = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                timer.step_s.append(time.perf_counter() - timer._t0)
-
-        trainer.add_callback(StepClock())
 
 
 def run(generator: str, hf_dir: str, out: Path, opts) -> dict:
@@ -79,11 +52,12 @@ def run(generator: str, hf_dir: str, out: Path, opts) -> dict:
     start = time.perf_counter()
     trainer = build_trainer("srl", recipe, hf_dir, split, out / generator, report)
     setup_s = time.perf_counter() - start
-    timer = _Timer(trainer)
+    timer = TrainerClock(trainer)
     trainer.train()
     # the first step pays one-time costs (first sync, allocations): report the rest
     steps = timer.step_s[1:] or timer.step_s
-    rollouts = list(zip(timer.rollout_s, timer.rollout_tokens))[1:] or list(zip(timer.rollout_s, timer.rollout_tokens))
+    rollouts = [(seconds, tokens) for _, seconds, tokens in timer.calls]
+    rollouts = rollouts[1:] or rollouts
     result = {
         "generator": "vLLM (colocate)" if generator == "vllm" else "HF generate",
         "setup_s": round(setup_s, 1),

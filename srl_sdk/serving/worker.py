@@ -83,9 +83,7 @@ class StepAPI(ls.LitAPI):
         while True:
             try:
                 self.engine_gauges[key] = self.engine.gauges()
-            except (OSError, EOFError, ConnectionError):
-                return
-            except Exception:  # the engine is closing: its figures are no longer meaningful
+            except Exception:  # the manager is gone (server stopping) or the engine is closing
                 return
             time.sleep(GAUGE_PERIOD_S)
 
