@@ -102,6 +102,8 @@ def test_gsm8k_slice_becomes_srl_sft_rlvr_examples() -> None:
     assert per_step[-1]["completion"].startswith("\n48+24 = 72\n</think>\n")
     bare = sft_examples(items[:1], render, "step")  # the default: an empty thought
     assert bare[0]["completion"] == "\n</think>\n" + first.steps[0]
+    drafted = sft_examples(items[:1], render, "step", thought="draft")  # think = a draft, then commit it
+    assert drafted[0]["completion"] == f"\n{first.steps[0]}\n</think>\n{first.steps[0]}"
     assert worked_thought("She has 3 apples left.") == ""
 
     rlvr = rlvr_examples(items, render)

@@ -12,12 +12,14 @@ Three example kinds come out, all speaking the one step protocol of `srl_sdk.cor
   prompt = the free-mode prompt, completion = the solution one step per line + `#### answer`).
   `sft_mode="step"` instead teaches the stepwise protocol directly: completion = thought +
   `\n</think>\n` + the expert step. Experts wrote no monologue, so the thought is empty
-  (`sft_thought="none"`, the default) or the step's own arithmetic (`"arithmetic"`: "48/2 = 24",
-  the claims `core.checks` finds, one per line). Neither is a real monologue, so keep this SFT
-  short and gentle: at a high learning rate the empty thought taught SmolLM2 to repeat
-  `</think>`, and the arithmetic one to copy its thought as the step (docs/results.md). The
-  leading newline keeps `<think>` and `</think>` from merging into one `></` token, which
-  inference would never produce.
+  (`sft_thought="none"`, the default), the step's own arithmetic (`"arithmetic"`: "48/2 = 24",
+  the claims `core.checks` finds, one per line) or a draft of the step (`"draft"`: the step
+  itself, which the model then commits). None is a real monologue; SRL is what rewards the step.
+  On SmolLM2 (docs/results.md): the empty thought barely learned to close (`<think>\n` is
+  followed by `<` or a blank line in its prior) and at a high learning rate repeated `</think>`;
+  the arithmetic one taught copying a bare equation as the step; the draft closed its thought on
+  79 % of held-out steps and wrote a step on all of them. The leading newline keeps `<think>`
+  and `</think>` from merging into one `></` token, which inference would never produce.
 - RLVR: the free-mode prompt and the reference answer (outcome reward), numeric answers only.
 
 The train/validation split is by trajectory (problem), never by step: steps of one solution in
@@ -325,7 +327,7 @@ def sft_examples(
     items: Sequence[ExpertSolution],
     render: PromptRenderer,
     mode: Literal["solution", "step"] = "solution",
-    thought: Literal["none", "arithmetic"] = "none",
+    thought: Literal["none", "arithmetic", "draft"] = "none",
 ) -> list[dict[str, Any]]:
     """prompt/completion pairs (TRL's SFTTrainer trains on the completion only)."""
     rows: list[dict[str, Any]] = []
@@ -339,10 +341,19 @@ def sft_examples(
                     "prompt": render(step_messages(item.problem, item.steps[: k - 1])) + THINK_OPEN,
                     # "\n" before </think>: glued to the prefilled "<think>", "></" is ONE token, so
                     # an empty thought would train a token sequence inference never shows
-                    "completion": f"\n{worked_thought(step) if thought == 'arithmetic' else ''}{THINK_CLOSE}\n{step}",
+                    "completion": f"\n{sft_thought_text(step, thought)}{THINK_CLOSE}\n{step}",
                 }
             )
     return rows
+
+
+def sft_thought_text(step: str, thought: Literal["none", "arithmetic", "draft"]) -> str:
+    """The thought an SFT target carries before `</think>`, newline-ended when not empty."""
+    if thought == "draft":
+        return f"{step}\n"
+    if thought == "arithmetic":
+        return worked_thought(step)
+    return ""
 
 
 def worked_thought(step: str) -> str:

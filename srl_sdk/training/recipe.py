@@ -69,8 +69,8 @@ class StageSettings(BaseModel):
     malformed_outcome_reward: float = Field(default=0.0, description="rlvr: reward of a reply with no answer")
     # SFT
     sft_mode: Literal["solution", "step"] = "solution"
-    sft_thought: Literal["arithmetic", "none"] = Field(
-        default="none", description="step mode: an empty thought, or the step's own arithmetic")
+    sft_thought: Literal["arithmetic", "none", "draft"] = Field(
+        default="none", description="step mode: an empty thought, the step's own arithmetic, or a draft of the step")
     max_length: int | None = Field(default=1024, ge=16)
     trl_args: dict[str, Any] = Field(default_factory=dict, description="extra TRL config fields, verbatim")
 
