@@ -323,11 +323,14 @@ def solution_text(item: ExpertSolution) -> str:
     return "\n".join(item.steps)
 
 
+SftThought = Literal["none", "arithmetic", "draft"]  # what a per-step SFT target thinks before </think>
+
+
 def sft_examples(
     items: Sequence[ExpertSolution],
     render: PromptRenderer,
     mode: Literal["solution", "step"] = "solution",
-    thought: Literal["none", "arithmetic", "draft"] = "none",
+    thought: SftThought = "none",
 ) -> list[dict[str, Any]]:
     """prompt/completion pairs (TRL's SFTTrainer trains on the completion only)."""
     rows: list[dict[str, Any]] = []
@@ -347,7 +350,7 @@ def sft_examples(
     return rows
 
 
-def sft_thought_text(step: str, thought: Literal["none", "arithmetic", "draft"]) -> str:
+def sft_thought_text(step: str, thought: SftThought) -> str:
     """The thought an SFT target carries before `</think>`, newline-ended when not empty."""
     if thought == "draft":
         return f"{step}\n"

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from srl_sdk.errors import ConfigError
-from srl_sdk.training.data import DataConfig
+from srl_sdk.training.data import DataConfig, SftThought
 
 __all__ = ["LoraSettings", "DynamicSamplingSettings", "StageSettings", "TrainRecipe", "load_recipe"]
 
@@ -69,7 +69,7 @@ class StageSettings(BaseModel):
     malformed_outcome_reward: float = Field(default=0.0, description="rlvr: reward of a reply with no answer")
     # SFT
     sft_mode: Literal["solution", "step"] = "solution"
-    sft_thought: Literal["arithmetic", "none", "draft"] = Field(
+    sft_thought: SftThought = Field(
         default="none", description="step mode: an empty thought, the step's own arithmetic, or a draft of the step")
     max_length: int | None = Field(default=1024, ge=16)
     trl_args: dict[str, Any] = Field(default_factory=dict, description="extra TRL config fields, verbatim")
