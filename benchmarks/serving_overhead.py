@@ -70,15 +70,22 @@ def problems(n: int) -> list[str]:
 
 # -- the hand-written loop a user would write around a completion call ---------------------------
 def peer_run(complete, render, problem: str, s: Settings) -> RunResult:
-    """The driver's stepwise protocol by hand; `complete(prompt, max_tokens, stop) -> (text, n_tokens)`."""
+    """The driver's stepwise protocol by hand; `complete(prompt, max_tokens, stop) -> (text, n_tokens, finish)`.
+
+    As the driver does, a thought the model closed is kept as written and followed by `</think>\n`;
+    one cut by the token cap is stripped and closed the way SFT targets close it, `\n</think>\n`.
+    (llama-cpp-python does not say which stop string matched, so a thought ended by a blank line
+    counts as closed here; the driver would close it like a cut one.)"""
     t0 = time.perf_counter()
     actions: list[str] = []
     tokens = 0
     ttfs = None
     for _ in range(s.steps):
         prompt = render(step_messages(problem, actions)) + THINK_OPEN
-        thought, n_thought = complete(prompt, s.thought_tokens, THOUGHT_STOPS)
-        action, n_action = complete(prompt + thought.rstrip() + THINK_CLOSE + "\n", s.action_tokens, ["\n"])
+        thought, n_thought, finish = complete(prompt, s.thought_tokens, THOUGHT_STOPS)
+        closing = THINK_CLOSE + "\n" if finish == "stop" else "\n" + THINK_CLOSE + "\n"
+        thought = thought if finish == "stop" else thought.rstrip()
+        action, n_action, _ = complete(prompt + thought + closing, s.action_tokens, ["\n"])
         tokens += n_thought + n_action
         action = strip_step_label(action.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip())
         if ttfs is None:
@@ -114,14 +121,23 @@ class RawLlama:
     def render(self, messages: list[dict]) -> str:
         return self.formatter(messages=messages).prompt
 
-    def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int]:
+    def complete(self, prompt: str, max_tokens: int, stop: list[str], fresh: bool = False) -> tuple[str, int, str]:
         with self.lock:
+            if fresh:
+                self.llm.reset()  # evaluate the whole prompt from an empty cache
             out = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1,
                                              repeat_penalty=1.0, stop=stop)
-        return out["choices"][0]["text"], out["usage"]["completion_tokens"]
+        choice = out["choices"][0]
+        return choice["text"], out["usage"]["completion_tokens"], choice["finish_reason"]
 
     def run(self, problem: str) -> RunResult:
         return peer_run(self.complete, self.render, problem, self.settings)
+
+    def reference(self, problem: str) -> list[str]:
+        """What the model writes when every prompt is evaluated from scratch: the text any correct
+        prompt cache must reproduce (not timed)."""
+        fresh = lambda prompt, max_tokens, stop: self.complete(prompt, max_tokens, stop, fresh=True)  # noqa: E731
+        return peer_run(fresh, self.render, problem, self.settings).actions
 
 
 class LlamaCppServer:
@@ -158,13 +174,14 @@ class LlamaCppServer:
             raise SystemExit(f"llama_cpp.server did not answer within 120 s; see {log}")
         self.client = httpx.Client(timeout=300)
 
-    def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int]:
+    def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int, str]:
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "top_k": 1,
                 "repeat_penalty": 1.0, "stop": stop}
         response = self.client.post(self.url + "/v1/completions", json=body)
         response.raise_for_status()
         out = response.json()
-        return out["choices"][0]["text"], out["usage"]["completion_tokens"]
+        choice = out["choices"][0]
+        return choice["text"], out["usage"]["completion_tokens"], choice["finish_reason"]
 
     def run(self, problem: str) -> RunResult:
         return peer_run(self.complete, self.render, problem, self.settings)
@@ -256,6 +273,7 @@ def main() -> None:
     try:
         for variant in variants:  # warm-up: page in the model, fill caches; not measured
             texts[variant.name] = variant.run(qs[0]).actions
+        reference = raw.reference(qs[0])
         for rep in range(args.runs):
             for conc in args.concurrency:
                 for variant in variants:
@@ -277,15 +295,21 @@ def main() -> None:
                          f"{100 * rate / floor['tokens_per_s']:.0f} %"])
     headers = ["variant", "streams", "tokens/s (end to end)", "x raw", "time to first step (s)", "x raw",
                "of bandwidth floor"]
-    same = all(texts[v.name] == texts[raw.name] for v in variants)
+    same = texts[ours.name] == reference
+    peers_same = {v.name: texts[v.name] == reference for v in variants if v is not ours}
     out = table(headers, rows)
     print(out)
     notes = (
         f"Settings: SmolLM2-135M Q4_1 GGUF, n_threads={s.threads}, n_ctx={s.n_ctx}, greedy, {s.steps} steps of "
         f"at most {s.thought_tokens} thought + {s.action_tokens} action tokens, {args.runs} repetitions "
         f"(medians), streams on the first {max(args.concurrency)} GSM8K train problems. "
-        f"Same step text from all three on the warm-up problem: {'yes' if same else 'NO'}"
-        + ("" if same else f" ({ {k: v for k, v in texts.items()} })") + ". "
+        f"`srl serve` wrote the same steps as the model evaluating every prompt from scratch (the reference "
+        f"a prompt cache must keep) on the warm-up problem: {'yes' if same else 'NO'}"
+        + ("" if same else f" (srl serve {texts[ours.name]}, reference {reference})") + "; "
+        "the peers with llama-cpp-python's own prefix reuse (whatever matched, the model's generated tokens "
+        "included): " + ", ".join(f"{name} {'same' if ok else 'different'}" for name, ok in peers_same.items())
+        + (f" ({ {k: v for k, v in texts.items() if not peers_same.get(k, True)} })" if not all(peers_same.values()) else "")
+        + ". "
         f"Bandwidth floor: {floor['bandwidth_gb_s']:.1f} GB/s (numpy copy, read + write) / {floor['model_mb']:.0f} MB per token "
         f"= {floor['tokens_per_s']:.0f} tokens/s."
     )

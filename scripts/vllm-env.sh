@@ -25,6 +25,8 @@
 # llama-cpp-python (the [serve] extra) compiles for ~10 minutes the first time on a machine; pip
 # caches the wheel, so the main environment's build is reused here.
 set -euo pipefail
+# the portable llama.cpp build, as in the README (a native build dies on AMX-announcing VMs)
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 
 started=$(date +%s)
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -22,6 +22,22 @@ if not os.environ.get("SRL_VLLM_STAGE"):
     collect_ignore = ["vllm_cpu"]
 
 
+def pytest_sessionstart(session):
+    """A llama.cpp built with AMX dies on this project's machines with a bare "Illegal instruction"
+    at the first prompt (the VMs announce AMX but do not run it): say how to rebuild instead."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    if "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace"):
+        pytest.exit(
+            "llama-cpp-python was compiled natively with Intel AMX, which crashes here; rebuild it portable: "
+            "pip cache remove llama_cpp_python && CMAKE_ARGS=-DGGML_NATIVE=OFF "
+            ".venv/bin/pip install --force-reinstall --no-deps llama-cpp-python (see README)",
+            returncode=3,
+        )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_srl_home(tmp_path_factory):
     """Never write to the user's ~/.srl from tests."""

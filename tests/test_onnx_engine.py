@@ -58,16 +58,6 @@ def test_greedy_is_deterministic_and_logprobs_are_real(engine):
     assert any(p < -1e-3 for p in probs)  # not all certain: they come from real logits
 
 
-def test_prefix_reuse_gives_the_same_text_as_a_fresh_engine(engine, onnx_dir):
-    # after a different prompt, the cached generator is rewound to the shared prefix only
-    engine_text = text_of(engine.stream(engine.render([{"role": "user", "content": "Name a colour."}]),
-                                        SamplingParams(max_tokens=6)))
-    assert engine_text
-    reused = text_of(engine.stream(engine.render(MESSAGES), SamplingParams(max_tokens=10)))
-    with load_engine(onnx_dir, n_threads=1) as fresh:
-        assert text_of(fresh.stream(fresh.render(MESSAGES), SamplingParams(max_tokens=10))) == reused
-
-
 def test_seeded_sampling_repeats_and_differs_by_seed(engine):
     prompt = engine.render([{"role": "user", "content": "Write a word."}])
     def run(seed):

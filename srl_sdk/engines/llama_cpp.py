@@ -5,8 +5,12 @@ Three traps of llama-cpp-python are handled here rather than left to callers:
 - its built-in logprobs need `logits_all=True` (about 5x slower here, and reported one position
   off, llama-cpp-python #1983): we read the last position's logits ourselves after each sampled
   token and take that token's log-probability from them;
-- one context serves one sequence at a time: a lock makes concurrent callers wait their turn.
-Its automatic prefix reuse means a stepwise loop only evaluates the new tokens of each step.
+- one context serves one sequence at a time: a lock makes concurrent callers wait their turn;
+- its automatic prefix reuse evaluates "whatever did not match" as one batch, so the same prompt
+  gave different logits (and, seeded or at a greedy near-tie, different text) depending on the
+  previous request. We evaluate the prompt ourselves in aligned blocks and reuse only whole blocks
+  of an earlier prompt (`srl_sdk.engines.prefix`): same prompt and settings, same text, whatever
+  the cache held. A stepwise loop still skips the system prompt and earlier steps.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent, TokenLoopEngine, log_softmax_at
 from srl_sdk.engines.models import resolve_gguf
+from srl_sdk.engines.prefix import DEFAULT_BLOCK, AlignedPrefix
 from srl_sdk.errors import EngineError, ModelError, require
 
 DEFAULT_N_CTX = 4096
@@ -41,7 +46,9 @@ class LlamaCppEngine(TokenLoopEngine):
         n_threads: int | None = None,
         n_batch: int = 512,
         seed: int = 0,
+        prefix_block: int = DEFAULT_BLOCK,
     ) -> None:
+        """`prefix_block`: tokens per aligned block of prompt reuse (0: evaluate every prompt anew)."""
         llama_cpp = require("llama_cpp", "serve", package="llama-cpp-python")
         path: Path = resolve_gguf(model)
         self.path = path
@@ -61,6 +68,7 @@ class LlamaCppEngine(TokenLoopEngine):
             raise ModelError(f"llama.cpp could not load {path}: {exc}; the file may be truncated or not a model") from exc
         self._llama_cpp = llama_cpp
         self._lock = threading.Lock()
+        self._prefix = AlignedPrefix(prefix_block)
         self._eog = {self._llm.token_eos()}
         metadata = self._llm.metadata or {}
         self._template = metadata.get("tokenizer.chat_template")
@@ -107,6 +115,8 @@ class LlamaCppEngine(TokenLoopEngine):
         with self._lock:
             if params.seed is not None:
                 llm.set_seed(params.seed)
+            self._evaluate_prompt(tokens)
+            # the whole prompt is in the cache now: generate() finds it there and samples at once
             generator = llm.generate(
                 tokens,
                 top_k=params.top_k if params.temperature > 0 else 1,
@@ -149,6 +159,22 @@ class LlamaCppEngine(TokenLoopEngine):
             tail = matcher.flush() + decoder.decode(b"", final=True)
             yield TokenEvent(text=tail, finish_reason=finish, matched_stop=matcher.matched)  # type: ignore[arg-type]
 
+    def _evaluate_prompt(self, tokens: list[int]) -> None:
+        """Bring the cache to exactly `tokens`, evaluated in aligned blocks (see module docstring)."""
+        llm = self._llm
+        keep = self._prefix.reusable_length(tokens)
+        self._prefix.forget()  # until the evaluation below has finished
+        if keep == 0:
+            llm.reset()
+        llm.n_tokens = keep  # eval() drops every cached token from here on before evaluating
+        try:
+            for start, stop in self._prefix.chunks(keep, len(tokens)):
+                llm.eval(tokens[start:stop])
+        except Exception as exc:
+            llm.reset()
+            raise EngineError(f"llama.cpp failed to evaluate the prompt: {exc}") from exc
+        self._prefix.evaluated(tokens)
+
     def _last_logits(self, n_vocab: int):
         import numpy as np
 
@@ -168,7 +194,7 @@ class LlamaCppEngine(TokenLoopEngine):
         }
 
     def info(self) -> dict[str, object]:
-        return {**super().info(), "path": str(self.path), "n_threads": self.n_threads}
+        return {**super().info(), "path": str(self.path), "n_threads": self.n_threads, "prefix_block": self._prefix.block}
 
     def close(self) -> None:
         if self.closed:

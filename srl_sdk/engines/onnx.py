@@ -7,9 +7,11 @@ the chat template; the decoder carries its own KV cache. Choices made here and w
 - the sampled token's log-probability comes from the last position's logits, read *before*
   `generate_next_token` (get_logits returns shape (1, 1, vocab) for the last position only);
 - one generator is kept between calls and rewound to the prefix it shares with the next prompt,
-  so a stepwise loop (same problem, one more step each call) only evaluates the new tokens, as
-  llama.cpp's prefix cache does; a call with a seed always starts a fresh generator so that the
-  same seed gives the same text;
+  so a stepwise loop (same problem, one more step each call) skips most of the prompt; as in the
+  llama.cpp engine, prompts are appended in aligned blocks and only whole blocks of an earlier
+  prompt are kept (`srl_sdk.engines.prefix`), so the same prompt gives the same logits whatever
+  the generator held before. A call with a seed starts a fresh generator (the seed is a generator
+  setting), appended in the same blocks, so it agrees with an unseeded reuse bit for bit;
 - the CUDA provider is used when onnxruntime-genai was built with it (onnxruntime-genai-cuda),
   CPU otherwise; one lock, one sequence at a time.
 """
@@ -23,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent, TokenLoopEngine, log_softmax_at
+from srl_sdk.engines.prefix import DEFAULT_BLOCK, AlignedPrefix
 from srl_sdk.errors import EngineError, ModelError, require
 
 DEFAULT_CONTEXT = 4096
@@ -67,7 +70,9 @@ class OnnxEngine(TokenLoopEngine):
         n_ctx: int = DEFAULT_CONTEXT,
         n_threads: int | None = None,
         provider: str | None = None,
+        prefix_block: int = DEFAULT_BLOCK,
     ) -> None:
+        """`prefix_block`: tokens per aligned block of prompt reuse (0: a fresh generator every call)."""
         og = require("onnxruntime_genai", "edge", package="onnxruntime-genai")
         self._og = og
         self.path = resolve_onnx_dir(model)
@@ -95,7 +100,7 @@ class OnnxEngine(TokenLoopEngine):
         self._lock = threading.Lock()
         self._generator = None
         self._generator_key: tuple | None = None
-        self._generator_tokens: list[int] = []
+        self._prefix = AlignedPrefix(prefix_block)
         self.closed = False
         super().__init__(model_id=self.path.name, context_length=min(n_ctx, trained))
 
@@ -129,26 +134,20 @@ class OnnxEngine(TokenLoopEngine):
         return options
 
     def _generator_for(self, tokens: list[int], params: SamplingParams):
-        """A generator positioned so that appending `tokens[start:]` yields the next token."""
+        """A generator rewound to the whole aligned blocks it shares with `tokens`, and their count."""
         options = self._search_options(params)
         key = tuple(sorted((k, v) for k, v in options.items() if k != "random_seed"))
         reusable = self._generator is not None and self._generator_key == key and params.seed is None
-        if reusable:
-            shared = 0
-            for a, b in zip(self._generator_tokens, tokens[:-1]):  # always leave one token to append
-                if a != b:
-                    break
-                shared += 1
-            if shared > 0:
-                self._generator.rewind_to(shared)
-                self._generator_tokens = tokens[:shared]
-                return self._generator, shared
+        keep = self._prefix.reusable_length(tokens) if reusable else 0
+        self._prefix.forget()  # until the prompt has been appended
+        if keep > 0:
+            self._generator.rewind_to(keep)
+            return self._generator, keep
         generator_params = self._og.GeneratorParams(self._model)
         generator_params.set_search_options(**options)
         self._generator = None  # free the old KV cache before allocating a new one
         self._generator = self._og.Generator(self._model, generator_params)
         self._generator_key = key
-        self._generator_tokens = []
         return self._generator, 0
 
     def _decode(
@@ -161,11 +160,12 @@ class OnnxEngine(TokenLoopEngine):
         with self._lock:
             try:
                 generator, start = self._generator_for(tokens, params)
-                generator.append_tokens(tokens[start:])
+                for a, b in self._prefix.chunks(start, len(tokens)):
+                    generator.append_tokens(tokens[a:b])
+                self._prefix.evaluated(tokens)
             except Exception as exc:
                 self._generator = None
                 raise EngineError(f"onnxruntime-genai failed on the prompt: {exc}") from exc
-            self._generator_tokens = list(tokens)
             stream = self._tokenizer.create_stream()
             matcher = StopMatcher(params.stop)
             finish = "length"
@@ -181,7 +181,6 @@ class OnnxEngine(TokenLoopEngine):
                     logits = generator.get_logits()[0, -1]
                     generator.generate_next_token()
                     token = int(generator.get_next_tokens()[0])
-                    self._generator_tokens.append(token)
                     if token in self._eos:
                         finish = "stop"
                         break
@@ -200,7 +199,8 @@ class OnnxEngine(TokenLoopEngine):
             yield TokenEvent(text=matcher.flush(), finish_reason=finish, matched_stop=matcher.matched)  # type: ignore[arg-type]
 
     def info(self) -> dict[str, object]:
-        return {**super().info(), "path": str(self.path), "n_threads": self.n_threads, "provider": self.provider}
+        return {**super().info(), "path": str(self.path), "n_threads": self.n_threads, "provider": self.provider,
+                "prefix_block": self._prefix.block}
 
     def close(self) -> None:
         if self.closed:

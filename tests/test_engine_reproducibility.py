@@ -1,0 +1,128 @@
+"""Same prompt and settings -> same text and the same log-probabilities, whatever the cache held.
+
+One contract for every engine that promises reproducibility (llama.cpp, transformers,
+onnxruntime). llama.cpp and onnxruntime-genai keep a prompt cache between calls; their kernels
+round differently depending on how many tokens are evaluated together, so reusing "whatever
+matched" used to change the logits of the same prompt (issue: seeded sampling failed on a fresh
+machine). The log-probabilities are compared bit for bit: a cache path that evaluated the prompt
+differently would change them on any processor, even where the sampled text happens to survive.
+vLLM is not here: it batches concurrent requests together and promises no such thing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from srl_sdk.core.format import THINK_OPEN, step_messages
+from srl_sdk.engines import SamplingParams, load_engine
+from srl_sdk.engines.prefix import AlignedPrefix
+
+PROBLEM = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
+STEP_1 = "Natalia sold 48 / 2 = 24 clips in May."
+STEP_2 = "Natalia sold 48 + 24 = 72 clips altogether in April and May. #### 72"
+UNRELATED = [{"role": "user", "content": "Name three colours."}]
+
+SETTINGS = {
+    "greedy": SamplingParams(max_tokens=12),
+    "seeded": SamplingParams(max_tokens=12, temperature=1.0, seed=7),
+}
+
+
+@pytest.fixture(scope="module", params=["llama.cpp", "transformers", "onnx"])
+def engine(request, llama_engine):
+    if request.param == "llama.cpp":
+        yield llama_engine
+        return
+    if request.param == "transformers":
+        from srl_sdk.training.models import gguf_to_hf_dir
+
+        built = load_engine(str(gguf_to_hf_dir("smollm2")), "transformers", n_threads=2)
+    else:
+        from edge_builds import small_onnx
+
+        built = load_engine(small_onnx(), "onnx", n_threads=2, n_ctx=2048)
+    yield built
+    built.close()
+
+
+def run(engine, prompt: str, params: SamplingParams) -> tuple[str, list[float]]:
+    events = list(engine.stream(prompt, params))
+    return "".join(e.text for e in events), [e.logprob for e in events if e.finish_reason is None]
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_same_prompt_same_result_whatever_the_cache_held(engine, setting):
+    params = SETTINGS[setting]
+    prompt = engine.render(step_messages(PROBLEM, [STEP_1])) + THINK_OPEN
+    longer = engine.render(step_messages(PROBLEM, [STEP_1, STEP_2])) + THINK_OPEN  # shares a long prefix
+    unrelated = engine.render(UNRELATED)
+
+    first = run(engine, prompt, params)
+    assert first[0] and len(first[1]) >= 1
+    seen = {"twice in a row": run(engine, prompt, params)}
+    run(engine, unrelated, params)
+    seen["after an unrelated prompt"] = run(engine, prompt, params)
+    run(engine, longer, params)
+    seen["after a longer prompt with the same start"] = run(engine, prompt, params)
+    run(engine, prompt + " So", params)
+    seen["after the same prompt plus a word"] = run(engine, prompt, params)
+    for cache_state, result in seen.items():
+        assert result == first, f"{engine.name}, {setting}, {cache_state}: {result} != {first}"
+
+
+def test_a_fresh_llama_engine_agrees_with_a_used_one(llama_engine):
+    from srl_sdk.engines.llama_cpp import LlamaCppEngine
+
+    prompt = llama_engine.render(step_messages(PROBLEM, [STEP_1])) + THINK_OPEN
+    run(llama_engine, llama_engine.render(UNRELATED), SETTINGS["greedy"])
+    for params in SETTINGS.values():
+        used = run(llama_engine, prompt, params)
+        with LlamaCppEngine("smollm2", n_ctx=2048, n_threads=2) as fresh:
+            assert run(fresh, prompt, params) == used
+
+
+def test_llama_engine_reuses_whole_blocks_of_the_previous_prompt(llama_engine):
+    """Reproducible, yet a stepwise loop does not evaluate the shared system prompt again."""
+    prompt = llama_engine.render(step_messages(PROBLEM, [STEP_1])) + THINK_OPEN
+    longer = llama_engine.render(step_messages(PROBLEM, [STEP_1, STEP_2])) + THINK_OPEN
+    run(llama_engine, prompt, SETTINGS["greedy"])
+    before = llama_engine.perf()["prompt_tokens"]
+    run(llama_engine, longer, SETTINGS["greedy"])
+    evaluated = llama_engine.perf()["prompt_tokens"] - before
+    block = llama_engine.info()["prefix_block"]
+    n_longer = llama_engine.count_tokens(longer)
+    assert evaluated < n_longer / 2, "the shared prefix was evaluated again"
+    assert evaluated >= n_longer - llama_engine.count_tokens(prompt)  # the new tokens, at least
+    assert (n_longer - evaluated) % block == 0  # only whole aligned blocks were kept
+
+
+@pytest.mark.parametrize(
+    "cached, prompt, block, expected",
+    [
+        ([], [1, 2, 3], 2, 0),                                  # nothing cached
+        ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8], 2, 6),   # whole blocks shared
+        ([1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9, 9, 9, 9], 2, 2),   # a mismatch inside a block drops that block
+        ([1, 2, 3, 4], [1, 2, 3, 4], 2, 2),                     # the last chunk is always evaluated
+        ([1, 2, 3, 4], [1, 2, 3, 4, 5], 2, 2),                  # never a lone last token: [2, 5) together
+        ([1, 2, 3, 4], [1, 2, 3, 4, 5], 0, 0),                  # block 0: no reuse at all
+    ],
+)
+def test_aligned_prefix_keeps_only_whole_blocks(cached, prompt, block, expected):
+    prefix = AlignedPrefix(block)
+    prefix.evaluated(cached)
+    assert prefix.reusable_length(prompt) == expected
+
+
+def test_aligned_prefix_chunks_depend_on_the_prompt_length_only():
+    prefix = AlignedPrefix(4)
+    assert prefix.chunks(0, 10) == [(0, 4), (4, 8), (8, 10)]
+    assert prefix.chunks(4, 10) == [(4, 8), (8, 10)]          # the same ranges after a reused block
+    assert prefix.chunks(0, 9) == [(0, 4), (4, 9)]            # a lone 9th token joins the block before it
+    prefix.evaluated(list(range(10)))  # the partial chunk 8..9 is not reusable
+    assert prefix.reusable_length(list(range(12))) == 8
+    prefix.evaluated(list(range(9)))   # nor is the merged 4..8
+    assert prefix.reusable_length(list(range(12))) == 4
+    assert AlignedPrefix(0).chunks(0, 10) == [(0, 10)]
