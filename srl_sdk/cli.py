@@ -173,13 +173,19 @@ def data_split(
     style: str = typer.Option("auto", help="auto | lines | numbered | paragraphs | regex"),
     pattern: Optional[str] = typer.Option(None, help="Separator regex for --style regex."),
     limit: Optional[int] = typer.Option(None, min=1),
+    min_step: Optional[int] = typer.Option(
+        None, "--min-step", min=1, help="Instances: first target step k (default 2, the paper's N-1 per solution; "
+        "the same StepRange as training's data.step_range)."),
+    max_step: Optional[int] = typer.Option(None, "--max-step", min=1, help="Instances: last target step k (default: the last)."),
 ) -> None:
     """Expert solutions (JSONL) -> steps or SRL instances (JSONL); a report goes to stderr."""
-    from srl_sdk.core.instances import split_file
+    from srl_sdk.core.instances import StepRange, split_file
 
     if output not in ("steps", "instances"):
         raise InputError("--output must be 'steps' or 'instances'")
-    rows, report = split_file(file, output=output, style=style, pattern=pattern, limit=limit)  # type: ignore[arg-type]
+    first = StepRange().min_step if min_step is None else min_step  # the shared default, defined once
+    rows, report = split_file(file, output=output, style=style, pattern=pattern, limit=limit,  # type: ignore[arg-type]
+                              min_step=first, max_step=max_step)
     sink = out.open("w", encoding="utf-8") if out else sys.stdout
     try:
         for row in rows:
@@ -188,6 +194,54 @@ def data_split(
         if out:
             sink.close()
     err_console.print(report.summary())
+
+
+from srl_sdk.core.generate import GenerateConfig as _GenerateConfig  # noqa: E402  (pydantic only: light)
+
+_GEN = _GenerateConfig()  # the generator's defaults, shown by --help
+
+
+@data_app.command("generate")
+@friendly_errors
+def data_generate(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for train/validation/test/test_hard.jsonl and report.json."),
+    source: str = typer.Option("rules", "--source", help="rules: procedural word problems with exact solutions."),
+    train: int = typer.Option(_GEN.train, help="Training problems."),
+    validation: int = typer.Option(_GEN.validation, help="Validation problems."),
+    test: int = typer.Option(_GEN.test, help="Test problems (same lengths as train)."),
+    hard: int = typer.Option(_GEN.test_hard, help="Hard test problems (longer than any training problem)."),
+    min_steps: int = typer.Option(_GEN.min_steps, help="Fewest steps (train/validation/test)."),
+    max_steps: int = typer.Option(_GEN.max_steps, help="Most steps (train/validation/test)."),
+    hard_min_steps: int = typer.Option(_GEN.hard_min_steps, help="Fewest steps of a hard problem (> --max-steps)."),
+    hard_max_steps: int = typer.Option(_GEN.hard_max_steps, help="Most steps of a hard problem."),
+    ops: str = typer.Option(",".join(_GEN.ops), help="Operations, a comma list of + - * /."),
+    max_operand: int = typer.Option(_GEN.max_operand, help="Largest start value and added/subtracted amount."),
+    max_factor: int = typer.Option(_GEN.max_factor, help="Largest multiplier or divisor."),
+    max_result: int = typer.Option(_GEN.max_result, help="Largest intermediate result."),
+    distractors: int = typer.Option(_GEN.distractors, help="Most irrelevant sentences per problem."),
+    distractor_prob: float = typer.Option(_GEN.distractor_probability, help="Chance of each distractor sentence."),
+    total_prob: float = typer.Option(_GEN.total_probability, help="Chance the last step adds two quantities."),
+    seed: int = typer.Option(_GEN.seed, help="Same seed and settings give byte-identical files."),
+) -> None:
+    """Generate expert trajectories (JSONL splits + report.json) for srl train / srl eval."""
+    import time
+
+    from srl_sdk.core.generate import format_summary, make_config, parse_ops, write_dataset
+    from srl_sdk.errors import ConfigError
+
+    if source != "rules":
+        raise ConfigError(f"unknown --source {source!r}; the available source is 'rules'")
+    config = make_config(
+        train=train, validation=validation, test=test, test_hard=hard, min_steps=min_steps, max_steps=max_steps,
+        hard_min_steps=hard_min_steps, hard_max_steps=hard_max_steps, ops=parse_ops(ops), max_operand=max_operand,
+        max_factor=max_factor, max_result=max_result, distractors=distractors,
+        distractor_probability=distractor_prob, total_probability=total_prob, seed=seed,
+    )
+    started = time.perf_counter()
+    report = write_dataset(config, out)
+    elapsed = time.perf_counter() - started
+    console.print(escape(format_summary(report)), soft_wrap=True)
+    console.print(f"[green]wrote[/] {escape(str(out))} ({report['generator']}, seed {seed}) in {elapsed:.2f}s")
 
 
 from srl_sdk.serving.commands import register as _register_serve; _register_serve(app)  # noqa: E402,E702
