@@ -1,8 +1,18 @@
+import sys
 from fractions import Fraction
 
 import pytest
 
-from srl_sdk.core.answers import answers_equal, extract_answer, normalize_answer, parse_number
+from srl_sdk.core.answers import (
+    answers_equal,
+    answers_match,
+    check_verifier,
+    extract_answer,
+    math_verify_available,
+    normalize_answer,
+    parse_number,
+)
+from srl_sdk.errors import ConfigError, MissingDependencyError
 
 
 @pytest.mark.parametrize(
@@ -122,3 +132,81 @@ def test_answers_equal_all_spellings_of_72(variant):
 )
 def test_answers_equal(a, b, equal):
     assert answers_equal(a, b) is equal
+
+
+# -- verifiers: "exact" (answers_equal) and "math" (math-verify) --------------------------------
+
+# 12 (predicted, reference, same answer?) pairs of the kinds s1K-style references hold: units,
+# radicals, polynomials, LaTeX fractions, equations, intervals, and near misses that must fail.
+VERIFIER_PAIRS = [
+    ("$18", "18 dollars", True),
+    (r"\sqrt2/2", r"\frac{\sqrt{2}}{2}", True),
+    ("(x+1)^2", "x^2+2x+1", True),
+    ("0.5", r"\frac12", True),
+    (r"\frac{3}{4}", "0.75", True),
+    ("1,000", "1000", True),
+    ("x = 5", "5", True),
+    ("[1, 3)", "[1,3)", True),
+    ("x+1", "x-1", False),
+    ("1/3", "0.33", False),  # exact values only, no rounding tolerance
+    ("18", "180", False),
+    ("(1,2)", "(2,1)", False),
+]
+
+
+def _right(verifier: str) -> int:
+    return sum(answers_match(pred, ref, verifier) is want for pred, ref, want in VERIFIER_PAIRS)
+
+
+def test_exact_verifier_is_answers_equal():
+    for pred, ref, _ in VERIFIER_PAIRS:
+        assert answers_match(pred, ref, "exact") is answers_equal(pred, ref)
+    assert _right("exact") == 6  # both plain numbers, and every near miss
+
+
+@pytest.mark.parametrize(("pred", "ref", "want"), VERIFIER_PAIRS)
+def test_math_verifier_pairs(pred, ref, want):
+    pytest.importorskip("math_verify")
+    assert answers_match(pred, ref, "math") is want
+    assert answers_match(f"so \\boxed{{{pred}}}", f"#### {ref}", "math") is want  # markers are unwrapped first
+
+
+def test_math_verifier_gets_all_twelve_pairs_right():
+    pytest.importorskip("math_verify")
+    assert (_right("math"), _right("exact")) == (12, 6)
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [("2x", "2"), (r"2\sqrt{3}", "2"), (r"\sqrt{2}", "2"), ("x", "3"), ("72", "73"), ("", ""), ("junk {{", "5")],
+)
+def test_math_verifier_rejects_partial_reads_and_junk(pred, ref):
+    pytest.importorskip("math_verify")
+    assert answers_match(pred, ref, "math") is False
+    assert answers_match(None, ref, "math") is False
+
+
+def test_math_verifier_works_off_the_main_thread():
+    """math-verify's timeout is SIGALRM, main-thread only; elsewhere it runs without one."""
+    pytest.importorskip("math_verify")
+    import threading
+
+    results = []
+    worker = threading.Thread(target=lambda: results.append(answers_match(r"\sqrt2/2", r"\frac{\sqrt{2}}{2}", "math")))
+    worker.start()
+    worker.join(timeout=60)
+    assert results == [True]
+
+
+def test_auto_verifier_follows_the_installation(monkeypatch):
+    assert answers_match(r"\sqrt2/2", r"\frac{\sqrt{2}}{2}") is math_verify_available()
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # as if not installed
+    assert math_verify_available() is False
+    assert answers_match("0.5", "1/2") is True  # auto falls back to answers_equal
+    assert answers_match(r"\sqrt2/2", r"\frac{\sqrt{2}}{2}") is False
+    with pytest.raises(MissingDependencyError, match=r"pip install 'srl-sdk\[math\]'"):
+        answers_match("1", "1", "math")
+    with pytest.raises(MissingDependencyError, match="math-verify is not installed"):
+        check_verifier("math")
+    with pytest.raises(ConfigError, match="unknown answer verifier"):
+        check_verifier("fuzzy")

@@ -4,8 +4,10 @@ import pytest
 
 from srl_sdk.core.format import step_messages
 from srl_sdk.core.instances import (
+    DEFAULT_MIN_STEP,
     SplitReport,
     SRLInstance,
+    StepRange,
     instances_to_jsonl,
     make_srl_instances,
     problem_id,
@@ -190,3 +192,57 @@ def test_split_file_errors(tmp_path):
     records, _ = split_file(bad)
     with pytest.raises(InputError, match="UTF-8"):
         list(records)
+
+
+# -- one k range for `srl data split` and training ----------------------------------------------
+
+
+def test_step_range_is_the_one_definition_of_k():
+    assert StepRange() == StepRange(min_step=DEFAULT_MIN_STEP, max_step=None) and DEFAULT_MIN_STEP == 2
+    assert list(StepRange().targets(4)) == [2, 3, 4]  # the paper: N-1 instances
+    assert list(StepRange(min_step=1).targets(4)) == [1, 2, 3, 4]
+    assert list(StepRange(min_step=2, max_step=3).targets(4)) == [2, 3]
+    assert list(StepRange(min_step=5).targets(4)) == []
+    assert [i.step_index for i in make_srl_instances(SOL, min_step=2, max_step=3)] == list(StepRange.of(2, 3).targets(4))
+    for bad in ({"min_step": 0}, {"max_step": 0}):
+        with pytest.raises(InputError):
+            StepRange.of(**bad)
+    with pytest.raises(ValueError):  # pydantic's refusal, for recipes
+        StepRange(min_step=0)
+
+
+@pytest.mark.parametrize(("min_step", "max_step"), [(2, None), (1, None), (2, 3), (3, 5)])
+def test_data_split_and_training_make_the_same_problem_k_pairs(tmp_path, gsm8k_path, min_step, max_step):
+    from srl_sdk.training.data import DataConfig, load_trajectories, srl_examples
+
+    sample = tmp_path / "gsm8k.jsonl"
+    with gsm8k_path.open(encoding="utf-8") as src:
+        sample.write_text("".join(next(src) for _ in range(30)), encoding="utf-8")
+    records, _ = split_file(sample, output="instances", min_step=min_step, max_step=max_step)
+    from_split = {(r["problem"], r["step_index"]) for r in records}
+    step_range = StepRange(min_step=min_step, max_step=max_step)
+    items, _ = load_trajectories(DataConfig(source="gsm8k", path=sample, step_range=step_range))
+    from_training = {(r["problem"], r["step_index"]) for r in srl_examples(items, lambda messages: "", step_range)}
+    assert from_split and from_split == from_training
+    default_training = {(r["problem"], r["step_index"]) for r in srl_examples(items, lambda messages: "")}
+    default_split = {(r["problem"], r["step_index"]) for r in split_file(sample, output="instances")[0]}
+    assert default_training == default_split  # the same default range too
+
+
+def test_data_split_cli_min_and_max_step(tmp_path):
+    from typer.testing import CliRunner
+
+    from srl_sdk.cli import app
+
+    path = _file(tmp_path, [{"problem": "Q", "solution": "a\nb\nc\nd #### 4"}])
+    runner = CliRunner()
+
+    def ks(*flags: str) -> list[int]:
+        result = runner.invoke(app, ["data", "split", str(path), "--output", "instances", *flags])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["step_index"] for line in result.stdout.splitlines() if line.startswith("{")]
+
+    assert ks() == [2, 3, 4]
+    assert ks("--min-step", "1") == [1, 2, 3, 4]
+    assert ks("--min-step", "2", "--max-step", "3") == [2, 3]
+    assert runner.invoke(app, ["data", "split", str(path), "--min-step", "0"]).exit_code != 0

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from srl_sdk.core.format import THINK_OPEN, step_messages
+from srl_sdk.core.instances import StepRange
 from srl_sdk.errors import ConfigError, InputError, TrainingError
 from srl_sdk.training.data import (
     DataConfig,
+    DropReport,
     default_gsm8k_path,
     load_trajectories,
     rlvr_examples,
@@ -85,7 +87,8 @@ def test_gsm8k_slice_becomes_srl_sft_rlvr_examples() -> None:
     assert "<<" not in "".join(first.steps)  # calculator notes removed by default
     assert first.steps[-1].endswith("#### 72") and first.answer == "72"
 
-    srl = srl_examples(items[:1], render)
+    assert [r["step_index"] for r in srl_examples(items[:1], render)] == list(range(2, len(first.steps) + 1))  # paper: N-1
+    srl = srl_examples(items[:1], render, StepRange(min_step=1))  # step 1 too, predicted from no steps
     assert [r["step_index"] for r in srl] == list(range(1, len(first.steps) + 1))
     for row in srl:  # prompt = the driver's step prompt + the <think> prefill, target = expert step k
         k = row["step_index"]
@@ -122,6 +125,19 @@ def test_rlvr_drops_non_numeric_answers_with_a_reason(tmp_path: Path) -> None:
     rows = rlvr_examples(items, render, report)
     assert [r["answer"] for r in rows] == ["12"]
     assert report.counts["non_numeric_answer_for_rlvr"] == 1
+    pytest.importorskip("math_verify")
+    kept = DropReport()
+    rows = rlvr_examples(items, render, kept, verifier="math")  # math-verify judges symbolic answers: keep them
+    assert [r["answer"] for r in rows] == ["12", "x^2 + 1"] and kept.dropped == 0
+
+
+def test_data_config_step_range_and_step_lines_validate() -> None:
+    config = DataConfig.model_validate({"step_range": {"min_step": 1, "max_step": 4}, "step_lines": "all"})
+    assert config.step_range == StepRange(min_step=1, max_step=4) and config.step_lines == "all"
+    assert DataConfig().step_range == StepRange() and DataConfig().step_lines == "auto"
+    for bad in ({"step_range": {"min_step": 0}}, {"step_range": {"min": 1}}, {"step_lines": "some"}):
+        with pytest.raises(ValueError):
+            DataConfig.model_validate(bad)
 
 
 def test_split_is_by_trajectory_so_no_problem_leaks() -> None:
@@ -146,6 +162,7 @@ def test_recipes_in_training_folder_validate() -> None:
     paper = load_recipe(REPO / "training" / "paper-qwen2.5-7b-s1k.yaml")
     assert paper.stages() == ["srl", "rlvr"] and paper.srl.num_generations == 8
     assert paper.srl.beta == 0.0 and paper.srl.learning_rate == 5e-7 and paper.use_vllm
+    assert paper.data.step_lines == "all" and paper.rlvr.verifier == "math" and cpu.rlvr.verifier == "exact"
 
 
 def test_unknown_recipe_field_names_its_location(tmp_path: Path) -> None:
@@ -187,3 +204,28 @@ def test_latest_checkpoint_skips_one_cut_short(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
     assert (tmp_path / "incomplete-checkpoint-3").is_dir()
+
+
+def test_stage_rewards_follow_the_recipe(tmp_path: Path, monkeypatch) -> None:
+    """SRL scores the whole action on multi-line data, RLVR uses the stage's verifier; a missing
+    math-verify stops `train` before it writes anything (not after a whole SRL stage)."""
+    import sys
+
+    from srl_sdk.errors import MissingDependencyError
+    from srl_sdk.training.trainers import _reward, train
+
+    steps = ["Set up the sum.\nThere are 3 + 4 = 7 apples.", "She eats 2.\nSo 7 - 2 = 5 are left. #### 5"]
+    path = write_jsonl(tmp_path / "para.jsonl", [{"problem": "Apples?", "steps": steps, "answer": "5"}])
+    recipe = TrainRecipe.model_validate({"method": "srl_rlvr", "data": {"source": "jsonl", "path": str(path), "validation_size": 0}})
+    items, _ = load_trajectories(recipe.data)
+    split = split_by_trajectory(items, recipe.data)
+    reward = _reward("srl", recipe, split)  # step_lines auto: these expert steps have two lines
+    assert reward([f"t</think>\n{steps[1]}"], [steps[1]]) == [1.0]
+    assert _reward("rlvr", recipe, split)(["#### 5.0", "#### 6"], ["5", "5"]) == [1.0, 0.0]
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # as if srl-sdk[math] were not installed
+    mathy = recipe.model_copy(update={"rlvr": recipe.rlvr.model_copy(update={"verifier": "math"})})
+    with pytest.raises(MissingDependencyError, match=r"srl-sdk\[math\]"):
+        _reward("rlvr", mathy, split)
+    with pytest.raises(MissingDependencyError, match=r"srl-sdk\[math\]"):
+        train(mathy, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -5,16 +5,39 @@ written many ways (`72`, `72.00`, `$72`, `\\boxed{72}`, `#### 72`, `1,000` vs `1
 `1/2`). Comparing exact Fractions rather than floats or strings makes every one of those agree
 without accepting near misses. All functions here are total: they return None/False on junk
 instead of raising, because they run on arbitrary model output.
+
+Symbolic answers (`\\frac{\\sqrt{2}}{2}`, `(x+1)^2`, intervals) need a computer-algebra check:
+`answers_match(..., verifier="math")` adds math-verify (the optional `srl-sdk[math]` extra,
+imported only when used) on top of `answers_equal`.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from fractions import Fraction
+from typing import Literal
 
+from ..errors import ConfigError, require
 from .format import FINAL_MARKER
 
-__all__ = ["extract_answer", "normalize_answer", "parse_number", "answers_equal"]
+__all__ = [
+    "extract_answer",
+    "normalize_answer",
+    "parse_number",
+    "answers_equal",
+    "Verifier",
+    "VERIFIERS",
+    "answers_match",
+    "check_verifier",
+    "math_verify_available",
+]
+
+Verifier = Literal["exact", "math"]
+"""How two final answers are compared: "exact" = `answers_equal`; "math" = `answers_equal`, else
+math-verify's symbolic equivalence (needs `pip install 'srl-sdk[math]'`)."""
+VERIFIERS: tuple[str, ...] = ("exact", "math")
+MATH_TIMEOUT_S = 5  # math-verify's own default per parse / comparison
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS = re.compile(
@@ -212,4 +235,92 @@ def answers_equal(a: str | None, b: str | None) -> bool:
         sa, sb = normalize_answer(a).casefold(), normalize_answer(b).casefold()
         return bool(sa) and sa == sb
     except Exception:  # pragma: no cover - defensive
+        return False
+
+
+# -- verifiers ----------------------------------------------------------------------------------
+
+
+def math_verify_available() -> bool:
+    """True when the optional math-verify package can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("math_verify") is not None
+
+
+def check_verifier(verifier: str) -> None:
+    """Refuse a verifier that cannot run here, before it is needed (e.g. before a training run).
+
+    An unknown name is a ConfigError; "math" without math-verify is a MissingDependencyError whose
+    message is the exact command to run: pip install 'srl-sdk[math]'.
+    """
+    if verifier not in VERIFIERS:
+        raise ConfigError(f"unknown answer verifier {verifier!r}; use one of {', '.join(VERIFIERS)}")
+    if verifier == "math":
+        require("math_verify", "math", package="math-verify")
+
+
+# A number or expression followed by words: "18 dollars", "\\frac{1}{2} inches" (3+ letters, so
+# "2 ab" stays a product of variables).
+_WORD_TAIL = re.compile(r"^(?P<head>.*?[^\s\\])\s+(?P<words>[A-Za-z]{3,}(?:\s+[A-Za-z]{2,})*)$")
+
+
+def _as_latex(answer: str) -> str:
+    """An extracted answer as math-verify reads it: one `$...$` LaTeX expression.
+
+    math-verify reads LaTeX only between delimiters (outside them "2x" is read as 2), so the answer
+    is wrapped; currency signs and `$` delimiters go first, and trailing words become `\\text{}`,
+    which math-verify drops as a unit ("$18 dollars$" would be the product 18·d·o·l·l·a·r·s).
+    """
+    text = _CURRENCY.sub("", _as_answer(answer)).replace("−", "-").strip()
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1].rstrip()
+    tail = _WORD_TAIL.match(text)
+    if tail:
+        text = f"{tail['head']}\\text{{ {tail['words']}}}"
+    return f"${text}$"
+
+
+def _math_verify_equal(predicted: str, reference: str) -> bool:
+    """math-verify's verdict: the reference is its `gold`, the prediction its `target` (not symmetric).
+
+    math-verify times out with SIGALRM, which only works on the main thread; elsewhere (a threaded
+    server, a data-loader thread) it runs without a timeout rather than raising.
+    """
+    math_verify = require("math_verify", "math", package="math-verify")
+    limit = MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    gold = math_verify.parse(_as_latex(reference), parsing_timeout=limit)
+    target = math_verify.parse(_as_latex(predicted), parsing_timeout=limit)
+    if not gold or not target:
+        return False
+    return bool(math_verify.verify(gold, target, timeout_seconds=limit))
+
+
+def answers_match(
+    predicted: str | None,
+    reference: str | None,
+    verifier: Verifier | Literal["auto"] = "auto",
+) -> bool:
+    """True when `predicted` agrees with `reference` under `verifier`.
+
+    - "exact": `answers_equal` (numbers exactly, else normalised text).
+    - "math": `answers_equal`, else math-verify's symbolic check (`\\sqrt2/2` = `\\frac{\\sqrt{2}}{2}`,
+      `(x+1)^2` = `x^2+2x+1`); raises MissingDependencyError when math-verify is not installed,
+      because silently grading symbolic answers as text would train on wrong rewards.
+    - "auto": "math" when math-verify is installed, else "exact".
+
+    Like `answers_equal` it never raises on junk answers: a parse failure is a mismatch.
+    """
+    if verifier == "auto":
+        verifier = "math" if math_verify_available() else "exact"
+    check_verifier(verifier)
+    if answers_equal(predicted, reference):
+        return True
+    if verifier == "exact" or not isinstance(predicted, str) or not isinstance(reference, str):
+        return False
+    if not predicted.strip() or not reference.strip():
+        return False
+    try:
+        return _math_verify_equal(predicted, reference)
+    except Exception:  # math-verify on arbitrary model output: any failure is "no match"
         return False

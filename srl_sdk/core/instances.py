@@ -2,7 +2,9 @@
 
 SRL (arXiv 2510.25992) trains on "given the problem and expert steps 1..k-1, produce step k".
 Building those instances, and the JSONL files behind `srl data split`, in one place keeps the
-prompts identical to what serving later sends (`core.format.step_messages`).
+prompts identical to what serving later sends (`core.format.step_messages`). Which target steps k
+become instances is one `StepRange`, shared by `srl data split --output instances` and training
+(`training.data.DataConfig.step_range`), so the two never disagree on the set of (problem, k).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from .format import FINAL_MARKER, step_messages
 from .splitting import ExpertSolution, SplitStyle, check_split_options, parse_expert_solution
 
 __all__ = [
+    "DEFAULT_MIN_STEP",
+    "StepRange",
     "SRLInstance",
     "make_srl_instances",
     "SplitReport",
@@ -56,34 +60,55 @@ def problem_id(problem: str) -> str:
     return hashlib.sha1(" ".join(problem.split()).encode("utf-8")).hexdigest()[:12]
 
 
-def _check_step_range(min_step: int, max_step: int | None) -> None:
-    if min_step < 1:
-        raise InputError(f"min_step must be at least 1 (step numbers are 1-based), got {min_step}")
-    if max_step is not None and max_step < 1:
-        raise InputError(f"max_step must be at least 1 or None, got {max_step}")
+DEFAULT_MIN_STEP = 2
+"""The paper's range starts at k = 2: an N-step solution gives N-1 instances, each with at least
+one expert step as context."""
+
+
+class StepRange(BaseModel):
+    """The target steps k = min_step..max_step (1-based, capped at a solution's N) that become SRL
+    instances; the one definition used by `srl data split` and by training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_step: int = Field(default=DEFAULT_MIN_STEP, ge=1, description="first target step (1 = also predict step 1 from no steps)")
+    max_step: int | None = Field(default=None, ge=1, description="last target step (None: the solution's last)")
+
+    @classmethod
+    def of(cls, min_step: int = DEFAULT_MIN_STEP, max_step: int | None = None) -> "StepRange":
+        """A StepRange from plain arguments; bad values are an InputError (CLI and function callers)."""
+        if not isinstance(min_step, int) or min_step < 1:
+            raise InputError(f"min_step must be at least 1 (step numbers are 1-based), got {min_step}")
+        if max_step is not None and (not isinstance(max_step, int) or max_step < 1):
+            raise InputError(f"max_step must be at least 1 or None, got {max_step}")
+        return cls(min_step=min_step, max_step=max_step)
+
+    def targets(self, n_steps: int) -> range:
+        """The k of an n_steps-step solution, in order (empty when min_step > n_steps)."""
+        last = n_steps if self.max_step is None else min(self.max_step, n_steps)
+        return range(self.min_step, last + 1)
 
 
 def make_srl_instances(
     solution: ExpertSolution,
     *,
-    min_step: int = 2,
+    min_step: int = DEFAULT_MIN_STEP,
     max_step: int | None = None,
     final_with_answer: bool = True,
 ) -> list[SRLInstance]:
-    """The instances for target steps k = min_step..max_step (1-based, capped at N).
+    """The instances for target steps k in `StepRange(min_step, max_step)` (1-based, capped at N).
 
     With the defaults an N-step solution gives N-1 instances (k = 2..N, as in the paper: the
     context is the problem plus expert steps 1..k-1); min_step=1 gives N. When
     `final_with_answer` is set, the last step's target ends with ` #### <answer>` (if the answer
     is known and the step does not carry the marker already), so the model learns to finish.
     """
-    _check_step_range(min_step, max_step)
+    step_range = StepRange.of(min_step, max_step)
     steps = solution.steps
     n = len(steps)
-    last = n if max_step is None else min(max_step, n)
     source_id = solution.id or problem_id(solution.problem)
     instances: list[SRLInstance] = []
-    for k in range(min_step, last + 1):
+    for k in step_range.targets(n):
         target = steps[k - 1]
         is_final = k == n
         if is_final and final_with_answer and solution.answer is not None and FINAL_MARKER not in target:
@@ -184,7 +209,7 @@ def split_file(
     output: Literal["steps", "instances"] = "steps",
     style: SplitStyle = "auto",
     pattern: str | None = None,
-    min_step: int = 2,
+    min_step: int = DEFAULT_MIN_STEP,
     max_step: int | None = None,
     final_with_answer: bool = True,
     require_answer: bool = True,
@@ -209,7 +234,7 @@ def split_file(
     if output not in ("steps", "instances"):
         raise InputError(f"output must be 'steps' or 'instances', got {output!r}")
     check_split_options(style, pattern)
-    _check_step_range(min_step, max_step)
+    StepRange.of(min_step, max_step)
     if limit is not None and limit < 1:
         raise InputError(f"limit must be at least 1, got {limit}")
     if not path.is_file():

@@ -4,15 +4,25 @@ SRL (arXiv 2510.25992) rewards each step by sequence similarity to the expert st
 only the final answer, which gives a dense signal even when every rollout gets the answer wrong.
 The reward must be exactly reproducible between training runs and evaluations, so it is pinned
 to one difflib call with fixed argument order and settings.
+
+How much of a model's action counts as its step (`StepLines`) is decided once per data set: GSM8K
+writes one step per line, so only the action's first line is the step (what the serving driver
+shows); s1K cut at paragraph breaks has multi-line steps, so the whole action is the step (a
+first-line cut scores a verbatim copy of a 4-line expert step around 0.4, not 1).
 """
 
 from __future__ import annotations
 
 import difflib
+from typing import Iterable, Literal
 
 from .format import parse_step_response, strip_step_label
 
-__all__ = ["step_similarity", "srl_step_reward"]
+__all__ = ["StepLines", "step_similarity", "srl_step_reward", "step_lines_for"]
+
+StepLines = Literal["first", "all"]
+"""How much of an action is the step: "first" = its first line (one-line steps, e.g. GSM8K),
+"all" = the whole action (multi-line steps, e.g. s1K paragraphs)."""
 
 
 def step_similarity(predicted: str, expert: str) -> float:
@@ -55,3 +65,16 @@ def srl_step_reward(
     if not parsed.format_ok:
         return malformed_penalty
     return step_similarity(parsed.action, strip_step_label(expert_step or ""))
+
+
+def step_lines_for(expert_steps: Iterable[str]) -> StepLines:
+    """The StepLines of a data set: "all" when any expert step spans several lines, else "first".
+
+    Decided from the expert data itself rather than from the split style: a step list read from
+    JSONL or an "auto" split can hold multi-line steps whatever the style says, and a first-line
+    cut is only harmless when no expert step has a second line to lose.
+    """
+    for step in expert_steps:
+        if isinstance(step, str) and "\n" in step.strip():
+            return "all"
+    return "first"

@@ -6,8 +6,11 @@ used is counted in a `DropReport` with its reason instead of crashing the run: a
 7,000-line file should cost that line, not the afternoon.
 
 Three example kinds come out, all speaking the one step protocol of `srl_sdk.core.format`:
-- SRL (one per expert step k): prompt = the step prompt for (problem, expert steps 1..k-1) ending
-  with the `<think>` prefill, `expert_step` = step k (the reward compares against it).
+- SRL (one per target step k of `DataConfig.step_range`, the `StepRange` that `srl data split
+  --output instances` uses too; by default k = 2..N as in the paper): prompt = the step prompt
+  for (problem, expert steps 1..k-1) ending with the `<think>` prefill, `expert_step` = step k
+  (the reward compares against it; `DataConfig.step_lines` says whether its first line or all of
+  the model's action is compared).
 - SFT: the paper's SFT baseline fine-tunes on WHOLE expert solutions (`sft_mode="solution"`:
   prompt = the free-mode prompt, completion = the solution one step per line + `#### answer`).
   `sft_mode="step"` instead teaches the stepwise protocol directly: completion = thought +
@@ -20,7 +23,8 @@ Three example kinds come out, all speaking the one step protocol of `srl_sdk.cor
   the arithmetic one taught copying a bare equation as the step; the draft closed its thought on
   79 % of held-out steps and wrote a step on all of them. The leading newline keeps `<think>`
   and `</think>` from merging into one `></` token, which inference would never produce.
-- RLVR: the free-mode prompt and the reference answer (outcome reward), numeric answers only.
+- RLVR: the free-mode prompt and the reference answer (outcome reward); numeric answers only
+  with the "exact" verifier, any answer with the "math" one (math-verify).
 
 The train/validation split is by trajectory (problem), never by step: steps of one solution in
 both sets would leak the answer into validation.
@@ -36,9 +40,11 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from srl_sdk.core.answers import extract_answer, parse_number
+from srl_sdk.core.answers import Verifier, check_verifier, extract_answer, parse_number
 from srl_sdk.core.checks import check_arithmetic
 from srl_sdk.core.format import FINAL_MARKER, THINK_CLOSE, THINK_OPEN, free_messages, step_messages
+from srl_sdk.core.instances import StepRange
+from srl_sdk.core.similarity import StepLines, step_lines_for
 from srl_sdk.core.splitting import ExpertSolution, SplitStyle, split_solution
 from srl_sdk.errors import ConfigError, InputError, require
 
@@ -52,6 +58,7 @@ __all__ = [
     "srl_examples",
     "sft_examples",
     "rlvr_examples",
+    "resolve_step_lines",
     "chat_prompt_renderer",
 ]
 
@@ -96,6 +103,13 @@ class DataConfig(BaseModel):
     validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     seed: int = 0
     min_steps: int = Field(default=2, ge=1, description="shorter solutions are dropped (one_step)")
+    step_range: StepRange = Field(
+        default_factory=StepRange,
+        description="target steps k that become SRL instances (the same range as `srl data split --min-step/--max-step`)")
+    step_lines: Literal["auto", "first", "all"] = Field(
+        default="auto",
+        description="how much of the model's action the SRL reward compares: first line (one-line steps, GSM8K) or all "
+        "(multi-line steps, s1K paragraphs); auto: all when any expert step has several lines")
 
 
 class DropReport(BaseModel):
@@ -295,16 +309,32 @@ def chat_prompt_renderer(tokenizer) -> PromptRenderer:
     return render
 
 
-def srl_examples(items: Sequence[ExpertSolution], render: PromptRenderer) -> list[dict[str, Any]]:
-    """One example per expert step k (k = 1..N): prompt ends with the `<think>` prefill.
+def resolve_step_lines(config: DataConfig, items: Iterable[ExpertSolution]) -> StepLines:
+    """The `step_lines` setting, with "auto" decided from the expert steps of `items`.
+
+    Pass every trajectory of the run (train and validation), so both sets score the same way.
+    """
+    if config.step_lines != "auto":
+        return config.step_lines
+    return step_lines_for(step for item in items for step in item.steps)
+
+
+def srl_examples(
+    items: Sequence[ExpertSolution],
+    render: PromptRenderer,
+    step_range: StepRange | None = None,
+) -> list[dict[str, Any]]:
+    """One example per target step k in `step_range` (default k = 2..N): prompt ends with `<think>`.
 
     The driver prefills `<think>` at inference, so the completion the policy is trained to write
-    is `monologue</think>\\nstep` — exactly what it will write when served. Step 1 is included
-    (the driver starts from no steps).
+    is `monologue</think>\\nstep` — exactly what it will write when served. The range is the one
+    `core.instances.make_srl_instances` uses (min_step=1 adds step 1, predicted from no steps).
     """
+    step_range = step_range or StepRange()
     rows: list[dict[str, Any]] = []
     for item in items:
-        for k, step in enumerate(item.steps, start=1):
+        for k in step_range.targets(len(item.steps)):
+            step = item.steps[k - 1]
             rows.append(
                 {
                     "prompt": render(step_messages(item.problem, item.steps[: k - 1])) + THINK_OPEN,
@@ -369,15 +399,18 @@ def rlvr_examples(
     items: Sequence[ExpertSolution],
     render: PromptRenderer,
     report: DropReport | None = None,
+    verifier: Verifier = "exact",
 ) -> list[dict[str, Any]]:
     """Problem + reference answer for the outcome reward (free-mode prompt: the whole solution).
 
-    Non-numeric answers are dropped (counted in `report`): the outcome reward compares numbers
-    exactly, and a symbolic answer it cannot judge would teach noise.
+    With the "exact" verifier non-numeric answers are dropped (counted in `report`): it compares
+    numbers exactly, and a symbolic answer it cannot judge would teach noise. The "math" verifier
+    (math-verify) judges symbolic answers too, so every answer is kept.
     """
+    check_verifier(verifier)
     rows: list[dict[str, Any]] = []
     for item in items:
-        if item.answer is None or parse_number(item.answer) is None:
+        if item.answer is None or (verifier == "exact" and parse_number(item.answer) is None):
             if report is not None:
                 report.drop(NON_NUMERIC_ANSWER, item.id or item.problem[:40])
             continue

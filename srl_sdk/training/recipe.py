@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from srl_sdk.core.answers import Verifier
 from srl_sdk.errors import ConfigError
 from srl_sdk.training.data import DataConfig, SftThought
 
@@ -67,6 +68,10 @@ class StageSettings(BaseModel):
     beta: float = Field(default=0.0, ge=0.0)
     dynamic_sampling: DynamicSamplingSettings = Field(default_factory=DynamicSamplingSettings)
     malformed_outcome_reward: float = Field(default=0.0, description="rlvr: reward of a reply with no answer")
+    verifier: Verifier = Field(
+        default="exact",
+        description="rlvr: how answers are compared; exact (numbers, GSM8K) or math (math-verify, symbolic answers; "
+        "pip install 'srl-sdk[math]'), which also keeps non-numeric answers")
     # SFT
     sft_mode: Literal["solution", "step"] = "solution"
     sft_thought: SftThought = Field(

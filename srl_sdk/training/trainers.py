@@ -36,12 +36,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from srl_sdk.core.answers import check_verifier
 from srl_sdk.errors import ConfigError, TrainingError, require
 from srl_sdk.training.data import (
     DropReport,
     TrainValSplit,
     chat_prompt_renderer,
     load_trajectories,
+    resolve_step_lines,
     rlvr_examples,
     sft_examples,
     split_by_trajectory,
@@ -246,9 +248,11 @@ def _datasets(name: str, recipe: TrainRecipe, split: TrainValSplit, tokenizer, r
     render = chat_prompt_renderer(tokenizer)
     stage = recipe.stage(name)
     if name == "srl":
-        train_rows, val_rows = srl_examples(split.train, render), srl_examples(split.validation, render)
+        step_range = recipe.data.step_range
+        train_rows, val_rows = srl_examples(split.train, render, step_range), srl_examples(split.validation, render, step_range)
     elif name == "rlvr":
-        train_rows, val_rows = rlvr_examples(split.train, render, report), rlvr_examples(split.validation, render)
+        train_rows = rlvr_examples(split.train, render, report, stage.verifier)
+        val_rows = rlvr_examples(split.validation, render, verifier=stage.verifier)
     else:
         train_rows = sft_examples(split.train, render, stage.sft_mode, stage.sft_thought)
         val_rows = sft_examples(split.validation, render, stage.sft_mode, stage.sft_thought)
@@ -262,8 +266,23 @@ def _datasets(name: str, recipe: TrainRecipe, split: TrainValSplit, tokenizer, r
 # -- one stage ----------------------------------------------------------------------------------
 
 
+def _reward(name: str, recipe: TrainRecipe, split: TrainValSplit):
+    """The reward of a GRPO stage, built before any model loads so a bad setting fails fast.
+
+    SRL compares the first line or all of the model's action (`data.step_lines`, "auto" decided
+    from every expert step of the run); RLVR checks answers with the stage's `verifier`.
+    """
+    from srl_sdk.training.rewards import make_rlvr_outcome_reward, make_srl_step_reward
+
+    if name == "srl":
+        return make_srl_step_reward(resolve_step_lines(recipe.data, [*split.train, *split.validation]))
+    stage = recipe.stage(name)
+    return make_rlvr_outcome_reward(stage.malformed_outcome_reward, stage.verifier)
+
+
 def build_trainer(name: str, recipe: TrainRecipe, base_model: str, split: TrainValSplit, stage_dir: Path, report: DropReport):
     """The TRL trainer of one stage, ready to `.train()` (exposed for tests and notebooks)."""
+    reward = _reward(name, recipe, split) if name in ("srl", "rlvr") else None
     device = _device(recipe)
     if device == "cpu":
         cap_torch_threads(recipe.torch_threads)
@@ -277,10 +296,8 @@ def build_trainer(name: str, recipe: TrainRecipe, base_model: str, split: TrainV
     eval_ds = val_ds if (has_eval and stage.eval_steps is not None) else None
     if name in ("srl", "rlvr"):
         from srl_sdk.training.dynamic_sampling import SRLTrainer
-        from srl_sdk.training.rewards import make_rlvr_outcome_reward, srl_step_reward
 
         config = _grpo_config(recipe, name, stage, stage_dir, device, has_eval)
-        reward = srl_step_reward if name == "srl" else make_rlvr_outcome_reward(stage.malformed_outcome_reward)
         return SRLTrainer(
             model=model,
             reward_funcs=[reward],
@@ -374,6 +391,8 @@ def train(recipe: TrainRecipe, output_dir: str | os.PathLike[str], *, resume: bo
     the run files (the trainers synchronise the rest).
     """
     output = Path(output_dir).expanduser()
+    if "rlvr" in recipe.stages():
+        check_verifier(recipe.rlvr.verifier)  # math-verify missing must not surface after a whole SRL stage
     main = _is_main_process()
     if main:
         prepare_output_dir(output, recipe, resume=resume, overwrite=overwrite)
