@@ -50,13 +50,23 @@ def register(app: typer.Typer) -> None:
         step_instances: int = typer.Option(40, "--step-instances", min=0, help="Held-out SRL instances for step similarity."),
         k: int = typer.Option(0, "--k", min=0, help="avg@k samples per problem (0: greedy only)."),
         validation_size: int = typer.Option(50, help="Without --run: problems held out of the data."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write eval.md and eval.json here."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write eval.md, eval.json and instances.jsonl here."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the engine."),
         max_steps: int = typer.Option(8, "--max-steps", min=1, max=64, help="Steps per greedy solution."),
         thought_tokens: int = typer.Option(64, "--thought-tokens", min=1, help="Token limit of each thought."),
         action_tokens: int = typer.Option(64, "--action-tokens", min=1, help="Token limit of each step's action."),
+        split: str = typer.Option("validation", "--split", help="Without --run: validation (held out of --data) or all (--data is itself a test split)."),
+        step_mode: str = typer.Option("fast", "--step-mode", help="Step instances: fast (one engine call each) or driver (the serving driver)."),
+        greedy: bool = typer.Option(True, "--greedy/--no-greedy", help="Solve every problem greedily (accuracy); --no-greedy: step instances only."),
+        compare: bool = typer.Option(True, "--compare/--no-compare", help="With 2+ models: paired differences vs the first model."),
+        pair: list[str] = typer.Option([], "--pair", help="Also compare LABEL_A:LABEL_B (B - A; repeatable)."),
+        resamples: int = typer.Option(10_000, "--resamples", min=1, help="Bootstrap resamples / permutation draws."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the step-instance sample, the sampled solutions and the statistics."),
     ) -> None:
-        """Held-out accuracy, step similarity, format rate, steps and tokens: a before/after table."""
+        """Held-out accuracy, step similarity, format, exact steps, arithmetic: intervals and paired comparisons.
+
+        Writes eval.md, eval.json and instances.jsonl (every solved problem and step instance) to --out.
+        """
         from srl_sdk.errors import InputError
         from srl_sdk.training.data import DataConfig
         from srl_sdk.training.evaluate import EvalConfig, evaluate, held_out_problems
@@ -78,14 +88,28 @@ def register(app: typer.Typer) -> None:
             pairs = [("base", resolve_hf_model(recipe.model)), ("trained", str(last))]
         if not pairs:
             raise InputError("name models with --model LABEL=PATH (repeatable) or pass --run RUN_DIR")
+        if split not in ("validation", "all"):
+            raise InputError(f"--split is validation or all, not {split!r}")
+        if step_mode not in ("fast", "driver"):
+            raise InputError(f"--step-mode is fast or driver, not {step_mode!r}")
+        compared: list[tuple[str, str]] = []
+        for item in pair:
+            a, sep, b = item.partition(":")
+            if not sep or not a or not b:
+                raise InputError(f"--pair takes LABEL_A:LABEL_B, not {item!r}")
+            compared.append((a, b))
         config = None
         if run is None:
             config = DataConfig(source="gsm8k") if data == "gsm8k" else DataConfig(source="jsonl", path=Path(data))
             config.validation_size = validation_size
-        problems = held_out_problems(run, config)
+        problems = held_out_problems(run, config, split="all" if split == "all" and run is None else "validation")
         eval_config = EvalConfig(
             max_problems=limit, max_step_instances=step_instances, k=k, n_threads=threads, max_steps=max_steps,
-            max_thought_tokens=thought_tokens, max_action_tokens=action_tokens,
+            max_thought_tokens=thought_tokens, max_action_tokens=action_tokens, step_mode=step_mode, greedy=greedy,
+            resamples=resamples, seed=seed,
         )
-        report = evaluate(pairs, problems, eval_config, engine=engine, out_dir=out or (run / "eval" if run else None))
+        report = evaluate(
+            pairs, problems, eval_config, engine=engine, out_dir=out or (run / "eval" if run else None),
+            compare=compare, pairs=compared,
+        )
         console.print(report.markdown())
