@@ -5,9 +5,13 @@ the problem and the steps so far (expert, model or person-edited), and the reply
 `<think>…</think>` then the step. Each step is decoded in two phases over the same prompt text:
 the thought (prefilled `<think>`, stopped at `</think>`), then the action (prefilled with the
 thought and `</think>`, stopped at the end of the line). For a model that follows the protocol
-this is token for token what one call would produce (llama.cpp's prefix cache makes the second
-phase cost only its new tokens); for a model that does not close its thought, the step is still
-split where it should be and honestly marked `format_ok=False`.
+the two phases see the same text one call would (same tokens), though not the same arithmetic:
+the second phase reads the thought back as part of its prompt, in batches, where one call would
+have read each token as it was sampled, so a greedy near-tie can go the other way. What the
+engines guarantee is that the same prompt always gives the same result (srl_sdk/engines/prefix.py),
+so a trace is reproducible; prompt reuse keeps the shared system prompt and earlier steps from
+being evaluated again. For a model that does not close its thought, the step is still split where
+it should be and honestly marked `format_ok=False`.
 
 Free mode makes one call for the whole solution and cuts steps out of the text as it streams.
 """
