@@ -126,8 +126,8 @@ def main() -> None:
 EXPLAIN = """\
 How to read it:
 - Why the rule exists: on the llama.cpp build here (portable AVX2), evaluating a prompt in chunks of
-  any size above one token gives bit-identical logits, but a lone token takes another kernel path
-  (the logits of the same prompt moved by up to 0.5). llama-cpp-python's own reuse re-evaluates
+  any size above one token gave bit-identical logits in our checks, but a lone token takes another
+  kernel path with other logits. llama-cpp-python's own reuse re-evaluates
   just the last token when the whole prompt is cached, which is why the same seeded request wrote
   another text the second time (issue #12). Other builds (AVX-512, AMX, ARM repacking) change
   kernels at other batch sizes, so the engine does not rely on any one threshold: every prompt is
@@ -135,11 +135,15 @@ How to read it:
 - The cost is the extra prompt tokens over `native`: the partial last block of each prompt, and the
   tokens the model generated one at a time (its thought, re-read in the action phase's prompt),
   are evaluated again. `block 0` (no reuse) shows what reuse saves in the first place.
-- The engine's default is `prefix_block=32` (`srl_sdk/engines/prefix.py`); set
+- The engine's default is `prefix_block=16`, the cheapest here (`srl_sdk/engines/prefix.py`); set
   `engine_options: {prefix_block: N}` in a server config to trade reuse for batch size.
 - The `same traces in both orders` column is the reproducibility check on the serving loop itself
   (text and log-probabilities of every step); tests/test_engine_reproducibility.py checks the
-  same property per engine, for greedy and seeded sampling, after unrelated and related prompts."""
+  same property per engine, for greedy and seeded sampling, after unrelated and related prompts.
+- `native` happened to write the same traces in both orders in this run; its text is still not
+  the model's from-scratch text (see "Serving overhead": the peers' steps differ from it), and
+  a repeated seeded request was the case that failed (tests/test_engine_reproducibility.py fails on
+  all four llama.cpp cases with native reuse)."""
 
 
 if __name__ == "__main__":

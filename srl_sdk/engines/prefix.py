@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 __all__ = ["DEFAULT_BLOCK", "AlignedPrefix"]
 
-DEFAULT_BLOCK = 32
-"""Tokens per aligned block: small enough that little reuse is lost, large enough for batched speed
-(docs/benchmarks.md, "Prefix reuse")."""
+DEFAULT_BLOCK = 16
+"""Tokens per aligned block: the cheapest of 16/32/64 in the driver's loop (docs/benchmarks.md,
+"Prefix reuse"); smaller blocks lose less reuse at about the same speed per token."""
 
 
 class AlignedPrefix:
@@ -31,7 +31,7 @@ class AlignedPrefix:
 
     `block=0` turns reuse off: every prompt is evaluated from an empty cache (in one batch).
     A prompt's last chunk never holds a lone token when the prompt is longer than one block: a
-    one-token batch takes another kernel path (measured on llama.cpp: logits up to 0.5 apart), so
+    one-token batch takes another kernel path in llama.cpp (other logits), so
     such a remainder is evaluated together with the block before it. Every evaluation of a prompt
     then matches llama.cpp's own from-scratch evaluation wherever batch size does not matter.
     """
