@@ -125,9 +125,9 @@ def main() -> None:
 
 EXPLAIN = """\
 How to read it:
-- Why the rule exists: on the llama.cpp build here (portable AVX2), evaluating a prompt in chunks of
-  any size above one token gave bit-identical logits in our checks, but a lone token takes another
-  kernel path with other logits. llama-cpp-python's own reuse re-evaluates
+- Why the rule exists: llama.cpp's kernels round differently depending on how many tokens are
+  evaluated together (a lone token takes another path than a batch). llama-cpp-python's own reuse
+  re-evaluates
   just the last token when the whole prompt is cached, which is why the same seeded request wrote
   another text the second time (issue #12). Other builds (AVX-512, AMX, ARM repacking) change
   kernels at other batch sizes, so the engine does not rely on any one threshold: every prompt is
