@@ -170,7 +170,7 @@ def data_split(
     file: Path,
     output: str = typer.Option("steps", help="steps (one row per solution) or instances (SRL instances)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write JSONL here (default stdout)."),
-    style: str = typer.Option("auto", help="auto | lines | numbered | paragraphs | regex"),
+    style: str = typer.Option("auto", help="auto | lines | numbered | paragraphs | regex | sentences"),
     pattern: Optional[str] = typer.Option(None, help="Separator regex for --style regex."),
     limit: Optional[int] = typer.Option(None, min=1),
     min_step: Optional[int] = typer.Option(
@@ -199,12 +199,14 @@ def data_split(
 from srl_sdk.core.generate import GenerateConfig as _GenerateConfig  # noqa: E402  (pydantic only: light)
 
 _GEN = _GenerateConfig()  # the generator's defaults, shown by --help
+_TEACHER = "Teacher mode (--teacher URL): verified samples from a model behind an OpenAI-compatible endpoint"
 
 
 @data_app.command("generate")
 @friendly_errors
 def data_generate(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for train/validation/test/test_hard.jsonl and report.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for train/validation/test/test_hard.jsonl and report.json "
+                             "(teacher: trajectories.jsonl, attempts.jsonl, report.json)."),
     source: str = typer.Option("rules", "--source", help="rules: procedural word problems with exact solutions."),
     train: int = typer.Option(_GEN.train, help="Training problems."),
     validation: int = typer.Option(_GEN.validation, help="Validation problems."),
@@ -221,16 +223,59 @@ def data_generate(
     distractors: int = typer.Option(_GEN.distractors, help="Most irrelevant sentences per problem."),
     distractor_prob: float = typer.Option(_GEN.distractor_probability, help="Chance of each distractor sentence."),
     total_prob: float = typer.Option(_GEN.total_probability, help="Chance the last step adds two quantities."),
-    seed: int = typer.Option(_GEN.seed, help="Same seed and settings give byte-identical files."),
+    seed: int = typer.Option(_GEN.seed, help="Same seed and settings give byte-identical files (teacher: sample k sends seed+k-1)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", rich_help_panel=_TEACHER, help="An OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
+                                          "(selects teacher mode: the options below; the rule options above are not used)."),
+    model: Optional[str] = typer.Option(None, "--model", rich_help_panel=_TEACHER, help="The model name on that endpoint."),
+    input_file: Optional[Path] = typer.Option(None, "--input", rich_help_panel=_TEACHER, help="JSONL problems with gold answers (problem/question + answer/solution)."),
+    samples: int = typer.Option(4, "--samples", min=1, max=64, rich_help_panel=_TEACHER, help="Samples per problem at most (the first verified one is kept)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", rich_help_panel=_TEACHER, help="The user message, with {problem} (default: step per line, #### answer)."),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", rich_help_panel=_TEACHER, help="Read --prompt from this file."),
+    system: Optional[str] = typer.Option(None, "--system", rich_help_panel=_TEACHER, help="A system message."),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0, rich_help_panel=_TEACHER, help="Sampling temperature."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", rich_help_panel=_TEACHER, help="Nucleus sampling."),
+    max_tokens: int = typer.Option(2048, "--max-tokens", min=1, rich_help_panel=_TEACHER, help="Tokens per reply at most."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=256, rich_help_panel=_TEACHER, help="Requests in flight at most."),
+    max_retries: int = typer.Option(3, "--max-retries", min=0, max=20, rich_help_panel=_TEACHER, help="Retries with backoff per request (the openai client's)."),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", rich_help_panel=_TEACHER, help="Seconds per request."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", rich_help_panel=_TEACHER, help="Environment variable holding the API key."),
+    extra_body: Optional[str] = typer.Option(None, "--extra-body", rich_help_panel=_TEACHER, help="Extra request fields as JSON, e.g. '{\"top_k\": 20}'."),
+    split_style: str = typer.Option("auto", "--split-style", rich_help_panel=_TEACHER, help="How replies are cut (auto | sentences | lines | numbered | paragraphs | regex)."),
+    split_pattern: Optional[str] = typer.Option(None, "--split-pattern", rich_help_panel=_TEACHER, help="Separator regex for --split-style regex."),
+    verifier: str = typer.Option("auto", "--verifier", rich_help_panel=_TEACHER, help="Answer check, exact | math (math-verify) | auto."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, rich_help_panel=_TEACHER, help="Use the first N usable problems."),
+    problem_field: Optional[str] = typer.Option(None, "--problem-field", rich_help_panel=_TEACHER, help="The problem's field in --input."),
+    answer_field: Optional[str] = typer.Option(None, "--answer-field", rich_help_panel=_TEACHER, help="The gold answer's field in --input."),
+    weak_model: Optional[str] = typer.Option(None, "--weak-model", rich_help_panel=_TEACHER, help="Difficulty filter, drop problems this weaker model solves."),
+    weak_teacher: Optional[str] = typer.Option(None, "--weak-teacher", rich_help_panel=_TEACHER, help="The weak model's base URL (default --teacher)."),
+    weak_samples: int = typer.Option(1, "--weak-samples", min=1, max=16, rich_help_panel=_TEACHER, help="Tries the weak model gets."),
+    retry_rejected: bool = typer.Option(False, "--retry-rejected", rich_help_panel=_TEACHER, help="On resume, sample the rejected problems again."),
+    trl_out: Optional[Path] = typer.Option(None, "--trl-out", rich_help_panel=_TEACHER, help="Also write TRL's stepwise-supervision JSONL here."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", rich_help_panel=_TEACHER, help="Show a progress bar."),
 ) -> None:
-    """Generate expert trajectories (JSONL splits + report.json) for srl train / srl eval."""
+    """Generate expert trajectories for srl train / srl eval: rule-based splits, or a verified teacher model (--teacher)."""
     import time
 
     from srl_sdk.core.generate import format_summary, make_config, parse_ops, write_dataset
     from srl_sdk.errors import ConfigError
 
+    if teacher is not None:
+        from srl_sdk.data.commands import parse_extra_body, run_teacher
+
+        options = dict(
+            url=teacher, model=model, input=input_file, out=out, samples=samples, prompt=prompt, system=system,
+            temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, concurrency=concurrency,
+            max_retries=max_retries, timeout_s=request_timeout, api_key_env=api_key_env,
+            extra_body=parse_extra_body(extra_body), split_style=split_style, split_pattern=split_pattern,
+            verifier=verifier, limit=limit, problem_field=problem_field, answer_field=answer_field,
+            weak_model=weak_model, weak_url=weak_teacher, weak_samples=weak_samples, retry_rejected=retry_rejected,
+            trl_out=trl_out, progress=progress,
+        )
+        run_teacher(options, prompt_file)
+        return
     if source != "rules":
-        raise ConfigError(f"unknown --source {source!r}; the available source is 'rules'")
+        raise ConfigError(f"unknown --source {source!r}; the available source is 'rules' "
+                          "(a teacher model: --teacher URL --model NAME --input FILE)")
     config = make_config(
         train=train, validation=validation, test=test, test_hard=hard, min_steps=min_steps, max_steps=max_steps,
         hard_min_steps=hard_min_steps, hard_max_steps=hard_max_steps, ops=parse_ops(ops), max_operand=max_operand,
@@ -242,6 +287,9 @@ def data_generate(
     elapsed = time.perf_counter() - started
     console.print(escape(format_summary(report)), soft_wrap=True)
     console.print(f"[green]wrote[/] {escape(str(out))} ({report['generator']}, seed {seed}) in {elapsed:.2f}s")
+
+
+from srl_sdk.data.commands import register as _register_data; _register_data(data_app)  # noqa: E402,E702
 
 
 from srl_sdk.serving.commands import register as _register_serve; _register_serve(app)  # noqa: E402,E702

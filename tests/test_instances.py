@@ -171,7 +171,7 @@ def test_split_file_options(tmp_path):
     "kwargs",
     [
         {"output": "tokens"},
-        {"style": "sentences"},
+        {"style": "words"},
         {"style": "regex"},
         {"style": "regex", "pattern": "("},
         {"min_step": 0},

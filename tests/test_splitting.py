@@ -103,7 +103,7 @@ def test_answer_line_is_never_a_step():
 
 def test_bad_style_and_type():
     with pytest.raises(InputError):
-        split_solution("a", "sentences")  # type: ignore[arg-type]
+        split_solution("a", "words")  # type: ignore[arg-type]  ("sentences" is a style now)
     with pytest.raises(InputError):
         split_solution(None)  # type: ignore[arg-type]
 

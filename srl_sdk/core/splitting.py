@@ -4,6 +4,9 @@ SRL (arXiv 2510.25992) turns one expert solution of N steps into N-1 next-step e
 solution is cut decides what the model learns to produce per call. GSM8K writes one step per
 line and ends with `#### answer`; other sources number their steps or separate paragraphs.
 `split_solution` handles those layouts in one place, and the `####` answer line is never a step.
+Human-written math prose (MATH, textbooks) is cut by sentence with `style="sentences"`
+(`core.sentences`, which never cuts inside LaTeX math); `detect_style` picks a style for text of
+unknown layout (what `srl data from-text --style auto` and teacher replies use).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import InputError
 from .answers import extract_answer
 from .format import FINAL_MARKER
+from .sentences import has_math, split_sentences
 
 __all__ = [
     "ExpertSolution",
@@ -27,10 +31,11 @@ __all__ = [
     "parse_expert_solution",
     "load_gsm8k",
     "check_split_options",
+    "detect_style",
 ]
 
-SplitStyle = Literal["auto", "lines", "numbered", "paragraphs", "regex"]
-_STYLES = ("auto", "lines", "numbered", "paragraphs", "regex")
+SplitStyle = Literal["auto", "lines", "numbered", "paragraphs", "regex", "sentences"]
+_STYLES = ("auto", "lines", "numbered", "paragraphs", "regex", "sentences")
 
 
 class ExpertSolution(BaseModel):
@@ -156,6 +161,7 @@ def split_solution(
       step and the label is removed; text before the first label is a step of its own.
     - "paragraphs": blocks separated by blank lines.
     - "regex": `pattern` is the separator (matches are removed, empty pieces dropped).
+    - "sentences": one step per sentence, never cut inside LaTeX math (`core.sentences`).
     - "auto": numbered when at least two sequential labels start lines, else lines when there
       are at least two non-empty lines, else the whole text as one step.
 
@@ -181,6 +187,8 @@ def split_solution(
         return _split_paragraphs(body)
     if style == "regex":
         return _split_regex(body, pattern)
+    if style == "sentences":
+        return split_sentences(body)
     labels = _sequential_labels(body)
     if labels:
         return _split_numbered(body, labels)
@@ -188,6 +196,22 @@ def split_solution(
     if len(lines) >= 2:
         return lines
     return ["\n".join(lines)] if lines else []
+
+
+def detect_style(text: str) -> SplitStyle:
+    """The style for a solution of unknown layout: "numbered", "lines" or "sentences".
+
+    Numbered when at least two sequential step labels start lines; else sentences when the text
+    holds LaTeX math (a display block spans lines, and a line break next to `\\[ ... \\]` is
+    usually mid-sentence) or is one line; else lines. `split_solution`'s own "auto" stays
+    line-based so GSM8K-style data (and training runs on it) cut exactly as before.
+    """
+    body = _before_answer(text.replace("\r\n", "\n").replace("\r", "\n")) if isinstance(text, str) else ""
+    if _sequential_labels(body):
+        return "numbered"
+    if has_math(body) or len(_non_empty_lines(body)) < 2:
+        return "sentences"
+    return "lines"
 
 
 def parse_expert_solution(
