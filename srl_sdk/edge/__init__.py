@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "GGUFExportConfig", "export_gguf", "OnnxExportConfig", "export_onnx",
-    "ParityConfig", "check_parity", "merge_adapter", "resolve_export_source",
+    "ParityConfig", "check_parity", "merge_adapter", "resolve_export_source", "export_lora_gguf",
 ]
 
 
@@ -19,6 +19,8 @@ def __getattr__(name: str):
         from srl_sdk.edge import onnx_export as module
     elif name in ("ParityConfig", "check_parity"):
         from srl_sdk.edge import parity as module
+    elif name == "export_lora_gguf":
+        from srl_sdk.edge import lora_gguf as module
     elif name in ("merge_adapter", "resolve_export_source"):
         from srl_sdk.edge import merge as module
     else:

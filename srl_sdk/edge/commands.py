@@ -1,4 +1,4 @@
-"""`srl export gguf|onnx` and `srl edge check`. Heavy libraries load inside the commands only."""
+"""`srl export gguf|lora-gguf|onnx` and `srl edge check`. Heavy libraries load inside the commands only."""
 
 from __future__ import annotations
 
@@ -58,6 +58,27 @@ def register(app: typer.Typer) -> None:
                       f"converter {result.converter}, {result.seconds:.1f} s)", markup=False)
         if check:
             _print_report(_parity(result.path, model, problems, data, max_steps, threads))
+
+    @export_app.command("lora-gguf")
+    @friendly_errors
+    def export_lora_gguf_command(
+        adapter: Path = typer.Argument(..., help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .gguf (default builds/<adapter>.lora.gguf)."),
+        base: Optional[str] = typer.Option(None, help="Base GGUF the adapter applies to (default: the GGUF it was trained from, else 'smollm2')."),
+        outtype: str = typer.Option("q8_0", help="q8_0 (Q8_0 where rows allow, else F16: smallest) | f16 | f32."),
+        check: bool = typer.Option(True, "--check/--no-check", help="Load base + adapter in llama.cpp once afterwards."),
+    ) -> None:
+        """ADAPTER -> a llama.cpp LoRA GGUF (a few MB) that llama.cpp applies to the base GGUF at load time."""
+        from srl_sdk.edge.lora_gguf import export_lora_gguf
+
+        result = export_lora_gguf(adapter, out, base=base, outtype=outtype, check_load=check)
+        checked = ", llama.cpp loads it" if result.load_checked else ""
+        console.print(f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB, {result.n_pairs} LoRA pairs, "
+                      f"r={result.rank}, alpha={result.alpha:g}, {result.outtype}, base {result.base.name}, "
+                      f"{result.seconds:.1f} s{checked})", markup=False)
+        if len(result.chain) > 1:
+            console.print(f"{len(result.chain)} stage adapters summed, first trained first: "
+                          + ", ".join(str(folder) for folder in result.chain), markup=False)
 
     @export_app.command("onnx")
     @friendly_errors

@@ -7,8 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from srl_sdk.engines.base import Engine, SamplingParams, StopMatcher, TokenEvent
-from srl_sdk.engines.models import DEFAULT_MODEL, is_alias, resolve_gguf, smollm2_gguf_path
-from srl_sdk.errors import ConfigError
+from srl_sdk.engines.models import (
+    DEFAULT_MODEL,
+    NAMED_MODELS,
+    is_adapter_model,
+    is_alias,
+    named_model,
+    resolve_gguf,
+    resolve_model,
+    smollm2_gguf_path,
+)
+from srl_sdk.errors import ConfigError, ModelError
 
 ENGINE_NAMES = ("llama.cpp", "transformers", "onnx", "vllm")
 
@@ -16,7 +25,7 @@ ENGINE_NAMES = ("llama.cpp", "transformers", "onnx", "vllm")
 def guess_engine(model: str | os.PathLike[str]) -> str:
     """Pick the engine a model file or folder is made for."""
     text = str(model)
-    if is_alias(text) or text.endswith(".gguf"):
+    if is_alias(text) or named_model(text) is not None or text.endswith(".gguf"):
         return "llama.cpp"
     path = Path(text).expanduser()
     if path.suffix == ".onnx" or (path.is_dir() and (path / "genai_config.json").is_file()):
@@ -29,6 +38,11 @@ def guess_engine(model: str | os.PathLike[str]) -> str:
 def load_engine(model: str | os.PathLike[str] = DEFAULT_MODEL, engine: str | None = None, **kwargs: Any) -> Engine:
     """Load `model` in the named engine (or the one its files call for)."""
     name = (engine or guess_engine(model)).lower()
+    if is_adapter_model(model) and name in ("onnx", "onnxruntime", "ort", "vllm"):
+        raise ModelError(
+            f"{model!r} is a base model plus a LoRA adapter, which the llama.cpp and transformers engines apply; "
+            f"the {name} engine cannot: use --engine llama.cpp (or transformers)"
+        )
     if name in ("llama.cpp", "llama_cpp", "llamacpp", "gguf"):
         from srl_sdk.engines.llama_cpp import LlamaCppEngine
 
@@ -51,6 +65,7 @@ def load_engine(model: str | os.PathLike[str] = DEFAULT_MODEL, engine: str | Non
 __all__ = [
     "DEFAULT_MODEL",
     "ENGINE_NAMES",
+    "NAMED_MODELS",
     "Engine",
     "SamplingParams",
     "StopMatcher",
@@ -58,5 +73,6 @@ __all__ = [
     "guess_engine",
     "load_engine",
     "resolve_gguf",
+    "resolve_model",
     "smollm2_gguf_path",
 ]

