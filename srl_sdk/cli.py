@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from srl_sdk.core.steps import Step, Trace
+from srl_sdk.engines.models import DEFAULT_MODEL
 from srl_sdk.errors import InputError, SRLError
 
 app = typer.Typer(help="srl-sdk: step-by-step reasoning you can train, serve, ship and audit.", no_args_is_help=True)
@@ -90,7 +91,8 @@ def reason(
     problem: Optional[str] = typer.Argument(None, help="The problem to solve (or use --from)."),
     from_file: Optional[Path] = typer.Option(None, "--from", help="JSONL file with question/problem fields."),
     index: int = typer.Option(0, "--index", min=0, help="Line of --from to take (0-based)."),
-    model: str = typer.Option("smollm2", help="GGUF path, model folder, alias 'smollm2', or http(s):// server URL."),
+    model: str = typer.Option(DEFAULT_MODEL, help="GGUF path, model folder, 'smollm2' (base), 'smollm2-srl' "
+                              "(trained), or http(s):// server URL."),
     engine: Optional[str] = typer.Option(None, help="llama.cpp | transformers | onnx | vllm (default: from the model)."),
     mode: str = typer.Option("stepwise", help="stepwise (one call per step) or free (one call)."),
     max_steps: int = typer.Option(8, min=1, max=64),

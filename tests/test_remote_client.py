@@ -181,6 +181,7 @@ def test_connection_lost_after_a_step_resumes_with_last_event_id(server):
             trace = stream.trace
         assert relay.cut_done.is_set() and relay.connections == 2, "the relay should have cut once, then resumed"
         assert trace is not None
+        assert trace.finish_reason != "cancelled", "the cut connection cancelled the run instead of resuming it"
         assert [s.index for s in steps] == sorted({s.index for s in steps}), "no step twice, none out of order"
         assert steps == [s for s in trace.steps if s.source == "model"]
         with Reasoner(server.url, api_key=KEY) as direct:

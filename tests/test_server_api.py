@@ -41,6 +41,7 @@ limits:
   max_steps: 16
   max_step_tokens: 128
   max_total_tokens: 4096
+  resume_grace_s: 1  # a client that left is cancelled after 1 s (tests/test_server_lifecycle.py resumes)
 reason:
   max_steps: 2
   max_thought_tokens: 24
@@ -111,9 +112,11 @@ def test_engine_gauges_render_per_worker_and_survive_a_gone_manager():
     assert content_type.startswith("text/plain")
     samples = {(s.name, s.labels.get("worker")): s.value
                for family in text_string_to_metric_families(body.decode()) for s in family.samples}
-    assert samples[("srl_engine_requests_running", "101")] == 3
-    assert samples[("srl_engine_requests_running", "202")] == 1
-    assert samples[("srl_engine_requests_running_peak", "101")] == 4
+    # workers are labelled by rank, not by process id (no PIDs in responses)
+    assert samples[("srl_engine_requests_running", "0")] == 3
+    assert samples[("srl_engine_requests_running", "1")] == 1
+    assert samples[("srl_engine_requests_running_peak", "0")] == 4
+    assert "101" not in body.decode() and "202" not in body.decode()
 
     class GoneManager:
         def items(self):

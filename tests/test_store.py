@@ -107,3 +107,82 @@ def test_second_process_view_sees_saved_trace(tmp_path):
 def test_trace_json_roundtrip():
     trace = make_trace()
     assert Trace.from_json(trace.to_json()) == trace
+
+
+# -- privacy and growth (issue 14) ------------------------------------------------------------------
+def test_a_new_store_is_private_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)  # the usual umask, which gave 0644 before
+    try:
+        path = tmp_path / "home" / "t.db"
+        TraceStore(path).save(make_trace())
+        for file in (path, path.with_name("t.db-wal"), path.with_name("t.db-shm")):
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, (file, oct(file.stat().st_mode))
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        os.umask(old)
+
+
+def test_owner_filters_get_and_list_and_is_kept_by_later_saves(tmp_path):
+    store = TraceStore(tmp_path / "t.db")
+    mine, theirs, legacy = make_trace("mine"), make_trace("theirs"), make_trace("legacy")
+    store.save(mine, owner="alice")
+    store.save(theirs, owner="bob")
+    store.save(legacy)
+    mine.steps.append(Step(index=3, thought="t3", action="a3"))
+    store.save(mine)  # a later save that names no owner keeps the first one
+    assert store.get(mine.id, owner="alice").steps[-1].action == "a3"
+    with pytest.raises(TraceNotFoundError):
+        store.get(mine.id, owner="bob")
+    with pytest.raises(TraceNotFoundError):
+        store.get(legacy.id, owner="alice")
+    assert [r.id for r in store.list(owner="alice")] == [mine.id]
+    assert {r.id for r in store.list()} == {mine.id, theirs.id, legacy.id}  # no owner: every trace
+
+
+def test_retention_by_count_and_age_on_open_and_on_save(tmp_path):
+    from datetime import timedelta
+
+    from srl_sdk.core.steps import utc_now
+
+    path = tmp_path / "t.db"
+    plain = TraceStore(path)
+    old = make_trace("old")
+    old.created_at = utc_now() - timedelta(days=40)
+    plain.save(old)
+    recent = [plain.save(make_trace(f"recent {i}")) for i in range(4)]
+    plain.close()
+
+    store = TraceStore(path, max_traces=3, max_age_days=30)  # opening applies both bounds
+    assert {r.id for r in store.list()} == set(recent[1:])
+    running = make_trace("running")
+    running.finish_reason = None
+    store.save(running)  # an unfinished save does not prune: the run is still being written
+    assert store.count() == 4
+    running.finish_reason = "final_answer"
+    store.save(running)
+    assert {r.id for r in store.list()} == {*recent[2:], running.id}
+    assert store.prune() == 0
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "t.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE traces (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, problem TEXT NOT NULL, answer TEXT,
+            finish_reason TEXT, n_steps INTEGER NOT NULL, model TEXT NOT NULL, engine TEXT NOT NULL, body TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+    """)
+    trace = make_trace("from version 1")
+    conn.execute("INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (trace.id, trace.created_at.isoformat(), trace.problem, trace.answer, trace.finish_reason,
+                  len(trace.steps), trace.model, trace.engine, trace.model_dump_json()))
+    conn.commit()
+    conn.close()
+    store = TraceStore(path)
+    assert store.get(trace.id) == trace
+    store.save(make_trace("new"), owner="alice")
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)

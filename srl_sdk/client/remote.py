@@ -3,10 +3,14 @@
 SSE is parsed by httpx-sse. The policies that make a remote call as dependable as a local one:
 - the default read timeout is 300 s, because a CPU server can take many seconds per step
   (httpx's default of 5 s would abort healthy runs);
-- connection errors *before the first event* are retried (bounded, with backoff) by sending the
-  request again: nothing was produced yet, and the server cancels a run whose client left;
-- a connection lost *after* an event is resumed with `Last-Event-ID` on
-  GET /v1/traces/{id}/events, which replays the stored steps that did not arrive;
+- a connection that fails before the server answered is retried (bounded, with backoff) by
+  sending the request again: no run was started for it;
+- a connection lost once the server answered (its `X-SRL-Trace-Id` header names the run) is
+  resumed with `Last-Event-ID` on GET /v1/traces/{id}/events: the server keeps the run going for
+  its resume_grace_s (30 s by default) and sends every step that did not arrive, exactly once,
+  then `done`. At most `max_retries` reconnections in a row without a new event, with backoff;
+- a stream closed on purpose (StepStream.close, a `cancel` event) cancels the run on the server
+  at once with POST /v1/traces/{id}/cancel, rather than leaving it running for the grace period;
 - every failure is a typed srl_sdk.errors.APIError: status errors (401 AuthenticationError,
   404 NotFoundError, 400/413/422 RequestValidationError, others APIStatusError), an `error`
   event (the status it carries), APIConnectionError and APITimeoutError.
@@ -32,6 +36,8 @@ DEFAULT_READ_TIMEOUT_S = 300.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 MAX_RETRIES = 2
 BACKOFF_S = 0.5
+CANCEL_TIMEOUT_S = 5.0
+TRACE_ID_HEADER = "x-srl-trace-id"  # the server names the run before its first event
 
 _LIMIT_FIELDS = ("max_steps", "max_thought_tokens", "max_action_tokens", "max_total_tokens", "timeout_s")
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
@@ -94,6 +100,13 @@ def _decode(event: ServerSentEvent) -> Step | Trace | None:
         kind = data.get("type", "error")
         raise status_error(int(data.get("status", 500)), f"the run failed: {kind}: {data.get('message')}", data)
     return None
+
+
+def _resume_point(response: httpx.Response, last_id: str | None) -> str | None:
+    """Before any event: the server's trace id header makes the run resumable from its start."""
+    if last_id is None and response.headers.get(TRACE_ID_HEADER):
+        return f"{response.headers[TRACE_ID_HEADER]}:0"
+    return last_id
 
 
 def _trace_id(event_id: str | None) -> str | None:
@@ -164,30 +177,52 @@ class RemoteBackend:
         body = reason_body(self.config, problem, steps, overrides)
         last_id: str | None = None
         attempts = 0
-        while True:
-            method, url, kwargs = self._request_for(body, last_id)
-            try:
-                with self.client.stream(method, url, **kwargs) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise _error_from_response(response)
-                    for event in EventSource(response).iter_sse():
-                        if event.id:
-                            last_id = event.id
-                        item = _decode(event)
-                        if item is not None:
-                            yield item
-                            if isinstance(item, Trace):
-                                return
-                        if cancel is not None and cancel.is_set():
-                            return  # leaving the stream makes the server cancel the run
-                    raise httpx.RemoteProtocolError("the stream ended before its done event")
-            except httpx.TransportError as exc:
-                attempts += 1
-                error = self._give_up(exc, attempts)
-                if error is not None:
-                    raise error from exc
-                time.sleep(BACKOFF_S * 2 ** (attempts - 1))
+        finished = False
+        try:
+            while True:
+                method, url, kwargs = self._request_for(body, last_id)
+                try:
+                    with self.client.stream(method, url, **kwargs) as response:
+                        if response.status_code >= 400:
+                            response.read()
+                            finished = True  # refused: no run to cancel
+                            raise _error_from_response(response)
+                        last_id = _resume_point(response, last_id)
+                        for event in EventSource(response).iter_sse():
+                            attempts = 0  # the retry budget is per outage
+                            if event.id:
+                                last_id = event.id
+                            try:
+                                item = _decode(event)
+                            except APIError:
+                                finished = True  # the run ended with an error event
+                                raise
+                            if item is not None:
+                                if isinstance(item, Trace):
+                                    finished = True
+                                yield item
+                                if finished:
+                                    return
+                            if cancel is not None and cancel.is_set():
+                                return  # the finally cancels the run on the server
+                        raise httpx.RemoteProtocolError("the stream ended before its done event")
+                except httpx.TransportError as exc:
+                    attempts += 1
+                    error = self._give_up(exc, attempts)
+                    if error is not None:
+                        raise error from exc
+                    time.sleep(BACKOFF_S * 2 ** (attempts - 1))
+        finally:
+            if not finished and _trace_id(last_id):
+                self._cancel_run(_trace_id(last_id))
+
+    def _cancel_run(self, trace_id: str) -> None:
+        """Best effort: the server would otherwise keep the run for its resume grace period."""
+        try:
+            self.client.post(f"{self.url}/v1/traces/{trace_id}/cancel", timeout=CANCEL_TIMEOUT_S,
+                             headers={"Accept": "application/json"})
+        except httpx.HTTPError:
+            pass
 
     def get_trace(self, trace_id: str) -> Trace:
         try:
@@ -213,28 +248,49 @@ class RemoteBackend:
         body = reason_body(self.config, problem, steps, overrides)
         last_id: str | None = None
         attempts = 0
-        while True:
-            method, url, kwargs = self._request_for(body, last_id)
-            try:
-                async with self.aclient.stream(method, url, **kwargs) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise _error_from_response(response)
-                    async for event in EventSource(response).aiter_sse():
-                        if event.id:
-                            last_id = event.id
-                        item = _decode(event)
-                        if item is not None:
-                            yield item
-                            if isinstance(item, Trace):
-                                return
-                    raise httpx.RemoteProtocolError("the stream ended before its done event")
-            except httpx.TransportError as exc:
-                attempts += 1
-                error = self._give_up(exc, attempts)
-                if error is not None:
-                    raise error from exc
-                await asyncio.sleep(BACKOFF_S * 2 ** (attempts - 1))
+        finished = False
+        try:
+            while True:
+                method, url, kwargs = self._request_for(body, last_id)
+                try:
+                    async with self.aclient.stream(method, url, **kwargs) as response:
+                        if response.status_code >= 400:
+                            await response.aread()
+                            finished = True
+                            raise _error_from_response(response)
+                        last_id = _resume_point(response, last_id)
+                        async for event in EventSource(response).aiter_sse():
+                            attempts = 0
+                            if event.id:
+                                last_id = event.id
+                            try:
+                                item = _decode(event)
+                            except APIError:
+                                finished = True
+                                raise
+                            if item is not None:
+                                if isinstance(item, Trace):
+                                    finished = True
+                                yield item
+                                if finished:
+                                    return
+                        raise httpx.RemoteProtocolError("the stream ended before its done event")
+                except httpx.TransportError as exc:
+                    attempts += 1
+                    error = self._give_up(exc, attempts)
+                    if error is not None:
+                        raise error from exc
+                    await asyncio.sleep(BACKOFF_S * 2 ** (attempts - 1))
+        finally:
+            if not finished and _trace_id(last_id):
+                await self._acancel_run(_trace_id(last_id))
+
+    async def _acancel_run(self, trace_id: str) -> None:
+        try:
+            await self.aclient.post(f"{self.url}/v1/traces/{trace_id}/cancel", timeout=CANCEL_TIMEOUT_S,
+                                    headers={"Accept": "application/json"})
+        except (httpx.HTTPError, RuntimeError):  # RuntimeError: the event loop is closing
+            pass
 
     async def aget_trace(self, trace_id: str) -> Trace:
         try:

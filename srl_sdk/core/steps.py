@@ -21,6 +21,7 @@ FinishReason = Literal[
     "cancelled",  # the caller or the client went away
     "timeout",  # the wall-clock budget ran out
     "error",  # the engine failed
+    "interrupted",  # the server stopped mid-run (its worker died, or it was killed); never resumed
 ]
 
 

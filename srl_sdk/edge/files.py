@@ -3,7 +3,9 @@
 Exports take seconds to minutes and can be killed, run out of disk, or fail half way. Everything
 is written under a hidden temporary name in the destination folder (same file system, so the
 final `os.replace` is atomic) and renamed only after it is complete; on any failure the
-temporary is removed. A full disk (ENOSPC) becomes an ExportError that says so.
+temporary is removed. A full disk (ENOSPC) becomes an ExportError that says so. Files and
+folders are fsynced before and after the rename, and a folder replacing an earlier build is
+swapped in atomically (srl_sdk/core/atomic.py), so the final name always holds a complete build.
 
 A process killed outright (SIGKILL, power loss) cannot clean up: its hidden `.NAME.PID-….partial`
 entries stay behind, never under the final name. The temporary names carry the writer's PID, so
@@ -22,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from srl_sdk.core.atomic import replace_dir, replace_file
 from srl_sdk.errors import ExportError
 
 
@@ -46,7 +49,7 @@ def staged_file(final: Path) -> Iterator[Path]:
         if not temp.is_file() or temp.stat().st_size == 0:
             raise ExportError(f"the export wrote nothing to {final}; see the messages above")
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; a build is an ordinary file
-        os.replace(temp, final)
+        replace_file(temp, final)  # fsync, rename, fsync the folder: srl_sdk/core/atomic.py
     except OSError as exc:
         temp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
@@ -69,14 +72,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
         if not any(temp.iterdir()):
             raise ExportError(f"the export wrote nothing to {final}; see the messages above")
         os.chmod(temp, 0o777 & ~_umask())  # mkdtemp makes 0700; a build is an ordinary folder
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(temp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp, final)
+        replace_dir(temp, final)  # an earlier build stays in place until the new one is whole
     except OSError as exc:
         shutil.rmtree(temp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:

@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from srl_sdk.core.atomic import replace_dir
 from srl_sdk.edge.files import size_of, staged_file
 from srl_sdk.errors import ConfigError, ExportError, require
 
@@ -143,8 +144,7 @@ def official_converter(download: bool = True) -> Path:
             tar.extractall(staging, members=members, filter="data")
         if not (staging / "convert_hf_to_gguf.py").is_file():
             raise ExportError(f"{archive} has no vendor/llama.cpp/convert_hf_to_gguf.py; delete it and run again")
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(staging, root)
+        replace_dir(staging, root)  # a half-unpacked converter never sits under the cache name
     except (tarfile.TarError, OSError) as exc:
         raise ExportError(f"cannot unpack {archive} ({exc}); delete it and run again") from exc
     finally:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,6 +114,11 @@ class Engine(ABC):
         """
         return {}
 
+    def alive(self) -> bool:
+        """False once the engine can no longer generate (a crashed engine process). An in-process
+        engine is alive as long as its process is; a server's worker exits when this turns False."""
+        return True
+
     def close(self) -> None:
         """Release the model. Safe to call twice."""
 
@@ -123,19 +129,125 @@ class Engine(ABC):
         self.close()
 
 
+class Prompt(str):
+    """Rendered prompt text that knows which characters came from a message's content and must
+    be read as text.
+
+    A chat template wraps contents in control tokens (`<|im_start|>user ... <|im_end|>`). If a
+    user's text holds such a token's characters and the whole prompt is tokenized with special
+    tokens parsed, the user can close their turn and write the assistant's or system's. So
+    `render` marks the contents that hold control-token text (`text_spans`, character ranges) and
+    engines tokenize those without parsing special tokens, the template's own tokens stay special.
+    A prompt without such content has no spans and is tokenized exactly as before.
+
+    `+` keeps the spans (the driver appends the model's own text to a rendered prompt); any other
+    string operation gives a plain str, tokenized with special tokens parsed.
+    """
+
+    text_spans: tuple[tuple[int, int], ...]
+
+    def __new__(cls, text: str, text_spans: Sequence[tuple[int, int]] = ()) -> "Prompt":
+        prompt = super().__new__(cls, text)
+        prompt.text_spans = tuple(text_spans)
+        return prompt
+
+    def __add__(self, other: str) -> "Prompt":
+        return Prompt(str.__add__(self, other), self.text_spans)
+
+    def __reduce__(self):
+        return Prompt, (str(self), self.text_spans)
+
+
+_MARK = "\ufdd0{}\ufdd1"  # Unicode noncharacters: never in a template, never rendered by one
+_MARK_SPLIT = re.compile("\ufdd0(\\d+)\ufdd1")
+
+
+def protect_contents(
+    render_text: Callable[[list[dict[str, str]]], str],
+    messages: Sequence[dict[str, str]],
+    has_special: Callable[[str], bool],
+) -> str:
+    """Render `messages`; if a content holds control-token text, return a Prompt whose spans cover
+    those contents (found by rendering again with numbered marks in place of the contents).
+
+    A template that rewrites contents (beyond trimming them) hides where they went: such a prompt
+    is refused rather than tokenized with the user's control tokens live."""
+    from srl_sdk.errors import InputError
+
+    messages = [dict(m) for m in messages]
+    text = render_text(messages)
+    contents = [m.get("content") if isinstance(m.get("content"), str) else "" for m in messages]
+    risky = {i for i, content in enumerate(contents) if content and has_special(content)}
+    if not risky:
+        return text
+    marked = render_text([{**m, "content": _MARK.format(i)} for i, m in enumerate(messages)])
+    pieces = _MARK_SPLIT.split(marked)  # template text, content index, template text, ...
+    for shape in (lambda c: c, str.strip):  # some templates trim contents
+        out, spans, at = [], [], 0
+        for k, piece in enumerate(pieces):
+            if k % 2:
+                index = int(piece)
+                piece = shape(contents[index])
+                if index in risky:
+                    spans.append((at, at + len(piece)))
+            out.append(piece)
+            at += len(piece)
+        if "".join(out) == text:
+            return Prompt(text, spans)
+    raise InputError("the text holds the model's control tokens (such as <|im_start|>) and this model's chat "
+                     "template changes message text, so they cannot be kept as plain text; remove them")
+
+
+def encode_protected(text: str, tokenize: Callable[[str, bool, bool], list[int]]) -> list[int]:
+    """Token ids of a (possibly `Prompt`) text: `tokenize(piece, special, first)` with special-token
+    parsing off inside the prompt's text spans, on elsewhere; one call when there are no spans."""
+    spans = getattr(text, "text_spans", ())
+    if not spans:
+        return tokenize(str(text), True, True)
+    ids: list[int] = []
+    at = 0
+    for start, end in spans:
+        if start > at:
+            ids += tokenize(text[at:start], True, at == 0)
+        ids += tokenize(text[start:end], False, start == 0)
+        at = end
+    if at < len(text):
+        ids += tokenize(text[at:], True, False)
+    return ids
+
+
 class TokenLoopEngine(Engine):
     """An engine that decodes token by token in Python (llama.cpp, transformers, onnxruntime).
 
     They share the checks before decoding: a closed engine, an empty prompt, and a prompt that
     leaves no room in the context (refused with ContextOverflowError; max_tokens is capped to the
     room left, so a long prompt ends with finish_reason "length" rather than an engine error).
+    They share how user text is kept from becoming control tokens (`Prompt`): each implements
+    `_render_text` (its chat template) and `_tokenize` (with special-token parsing on or off).
     """
 
     closed: bool = False
 
     @abstractmethod
+    def _render_text(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        """Chat messages -> prompt text through the model's own chat template."""
+
+    @abstractmethod
+    def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
+        """Text -> token ids. `special`: parse control-token text (`<|im_start|>`) into those
+        tokens; `first`: the text starts the prompt (add BOS where the model wants one)."""
+
+    def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        return protect_contents(lambda ms: self._render_text(ms, add_generation_prompt), messages,
+                                self._has_special)
+
+    def _has_special(self, text: str) -> bool:
+        """Whether `text` holds characters the tokenizer would read as a control token."""
+        return self._tokenize(text, True, False) != self._tokenize(text, False, False)
+
     def _encode(self, text: str) -> list[int]:
         """Prompt text -> token ids, exactly as the model will see them."""
+        return encode_protected(text, self._tokenize)
 
     @abstractmethod
     def _decode(

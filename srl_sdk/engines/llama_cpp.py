@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent, TokenLoopEngine, log_softmax_at
-from srl_sdk.engines.models import resolve_gguf
+from srl_sdk.engines.models import resolve_model
 from srl_sdk.engines.prefix import DEFAULT_BLOCK, AlignedPrefix
 from srl_sdk.errors import EngineError, ModelError, require
 
@@ -34,7 +34,7 @@ def default_threads() -> int:
 
 
 class LlamaCppEngine(TokenLoopEngine):
-    """A GGUF model in llama.cpp. `model` is a path to a .gguf file or the alias 'smollm2'."""
+    """A GGUF model in llama.cpp. `model` is a path to a .gguf file or a named model ('smollm2', 'smollm2-srl')."""
 
     name = "llama.cpp"
 
@@ -47,11 +47,20 @@ class LlamaCppEngine(TokenLoopEngine):
         n_batch: int = 512,
         seed: int = 0,
         prefix_block: int = DEFAULT_BLOCK,
+        adapter: str | os.PathLike[str] | None = None,
     ) -> None:
-        """`prefix_block`: tokens per aligned block of prompt reuse (0: evaluate every prompt anew)."""
+        """`prefix_block`: tokens per aligned block of prompt reuse (0: evaluate every prompt anew).
+
+        `adapter`: a llama.cpp LoRA GGUF (`srl export lora-gguf`) applied on load; a named model
+        with an adapter ('smollm2-srl') brings its own.
+        """
         llama_cpp = require("llama_cpp", "serve", package="llama-cpp-python")
-        path: Path = resolve_gguf(model)
+        resolved = resolve_model(model)
+        path: Path = resolved.gguf
         self.path = path
+        self.adapter: Path | None = Path(adapter).expanduser() if adapter is not None else resolved.adapter
+        if self.adapter is not None and not self.adapter.is_file():
+            raise ModelError(f"LoRA adapter {self.adapter} does not exist; export one with `srl export lora-gguf`")
         self.n_threads = n_threads or default_threads()
         try:
             self._llm = llama_cpp.Llama(
@@ -62,9 +71,15 @@ class LlamaCppEngine(TokenLoopEngine):
                 n_batch=n_batch,
                 logits_all=False,
                 seed=seed,
+                lora_path=str(self.adapter) if self.adapter is not None else None,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
+            if self.adapter is not None:
+                raise ModelError(
+                    f"llama.cpp could not load {path} with the LoRA adapter {self.adapter}: {exc}; "
+                    "is the adapter for this base model? re-export it with `srl export lora-gguf`"
+                ) from exc
             raise ModelError(f"llama.cpp could not load {path}: {exc}; the file may be truncated or not a model") from exc
         self._llama_cpp = llama_cpp
         self._lock = threading.Lock()
@@ -77,7 +92,9 @@ class LlamaCppEngine(TokenLoopEngine):
             self._eog.add(vocab_tokens[0])
         self._bos_text = self._token_text(self._llm.token_bos())
         self._eos_text = self._token_text(self._llm.token_eos())
-        name = metadata.get("general.name") or path.stem
+        name = resolved.name or metadata.get("general.name") or path.stem
+        if self.adapter is not None and resolved.name is None:
+            name = f"{name}+{self.adapter.name.removesuffix('.gguf')}"
         super().__init__(model_id=str(name), context_length=self._llm.n_ctx())
         self.closed = False
 
@@ -86,7 +103,7 @@ class LlamaCppEngine(TokenLoopEngine):
             return ""
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
-    def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+    def _render_text(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
         if not self._template:
             # no template in the file: a plain transcript the model can still continue
             text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
@@ -101,8 +118,8 @@ class LlamaCppEngine(TokenLoopEngine):
         )
         return formatter(messages=list(messages)).prompt
 
-    def _encode(self, text: str) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+    def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=first, special=special)
 
     def _decode(
         self,
@@ -194,7 +211,8 @@ class LlamaCppEngine(TokenLoopEngine):
         }
 
     def info(self) -> dict[str, object]:
-        return {**super().info(), "path": str(self.path), "n_threads": self.n_threads, "prefix_block": self._prefix.block}
+        return {**super().info(), "path": str(self.path), "adapter": str(self.adapter) if self.adapter else None,
+                "n_threads": self.n_threads, "prefix_block": self._prefix.block}
 
     def close(self) -> None:
         if self.closed:

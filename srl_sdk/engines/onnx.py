@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -105,7 +106,7 @@ class OnnxEngine(TokenLoopEngine):
         super().__init__(model_id=self.path.name, context_length=min(n_ctx, trained))
 
     # -- prompt -----------------------------------------------------------------------------
-    def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+    def _render_text(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
         try:
             return self._tokenizer.apply_chat_template(
                 messages=json.dumps(list(messages)),
@@ -115,8 +116,45 @@ class OnnxEngine(TokenLoopEngine):
         except Exception as exc:
             raise EngineError(f"onnxruntime-genai could not render the chat template: {exc}") from exc
 
-    def _encode(self, text: str) -> list[int]:
-        return [int(t) for t in self._tokenizer.encode(text)]
+    def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
+        if not text:
+            return []
+        if special:
+            return self._encode_piece(text, first)
+        # onnxruntime-genai always reads control-token text as the token: cut each occurrence after
+        # its first character, so the tokenizer only ever sees ordinary text
+        ids: list[int] = []
+        for k, piece in enumerate(self._control_split().split(text)):
+            parts = (piece[:1], piece[1:]) if k % 2 else (piece,)
+            for part in parts:
+                if part:
+                    ids += self._encode_piece(part, first and not ids)
+        return ids
+
+    def _encode_piece(self, text: str, first: bool) -> list[int]:
+        ids = [int(t) for t in self._tokenizer.encode(text)]
+        if not first and self._adds_bos():
+            ids = ids[1:]
+        return ids
+
+    def _adds_bos(self) -> bool:
+        """Whether encode() puts BOS in front of any text (then only the prompt's first piece keeps it)."""
+        if getattr(self, "_bos_added", None) is None:
+            ids = [int(t) for t in self._tokenizer.encode(" ")]
+            self._bos_added = bool(ids) and ids[0] == self._tokenizer.bos_token_id
+        return self._bos_added
+
+    def _control_split(self) -> re.Pattern[str]:
+        """A pattern matching the tokenizer's added (control) tokens' text, from the build's tokenizer.json."""
+        if getattr(self, "_control", None) is None:
+            added: list[str] = []
+            tokenizer_json = self.path / "tokenizer.json"
+            if tokenizer_json.is_file():
+                data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+                added = [t["content"] for t in data.get("added_tokens", []) if t.get("content")]
+            alternatives = "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))
+            self._control = re.compile(f"({alternatives})" if alternatives else "(?!)")
+        return self._control
 
     def _search_options(self, params: SamplingParams) -> dict[str, object]:
         options: dict[str, object] = {"max_length": self.context_length, "batch_size": 1}

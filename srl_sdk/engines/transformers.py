@@ -7,9 +7,10 @@ the Engine contract needs each token as it is sampled, its log-probability, stop
 never leak (shared `StopMatcher`), and a prompt stop when the generator is closed or `cancel` is
 set.
 
-`model` may be an HF folder, a hub id, a `.gguf` file or the alias 'smollm2'. A GGUF is read with
-`gguf_file=` and dequantized in memory at every load (~15 s for SmolLM2); for repeated use,
-convert it once with `srl_sdk.training.models.gguf_to_hf_dir` and load the folder (0.2 s).
+`model` may be an HF folder, a hub id, a `.gguf` file or a named model ('smollm2', or 'smollm2-srl'
+whose llama.cpp LoRA adapter file is merged into the weights on load: srl_sdk/engines/lora.py).
+A GGUF is read with `gguf_file=` and dequantized in memory at every load (~15 s for SmolLM2); for
+repeated use, convert it once with `srl_sdk.training.models.gguf_to_hf_dir` and load the folder (0.2 s).
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent, TokenLoopEngine
-from srl_sdk.engines.models import is_alias, resolve_gguf
+from srl_sdk.engines.models import is_adapter_model, is_alias, resolve_gguf, resolve_model
 from srl_sdk.errors import EngineError, ModelError, require
 
 __all__ = ["TransformersEngine"]
+
+# `split_special_tokens` is a flag the call sets on the shared Rust tokenizer before encoding:
+# two threads tokenizing at once (a server's streams) must not see each other's setting.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def _default_threads() -> int:
@@ -45,7 +50,9 @@ class TransformersEngine(TokenLoopEngine):
         n_threads: int | None = None,
         context_length: int | None = None,
         seed: int = 0,
+        adapter: str | os.PathLike[str] | None = None,
     ) -> None:
+        """`adapter`: a llama.cpp LoRA GGUF (`srl export lora-gguf`) merged into the weights on load."""
         torch = require("torch", "train")
         transformers = require("transformers", "train")
         self._torch = torch
@@ -54,7 +61,10 @@ class TransformersEngine(TokenLoopEngine):
             torch.set_num_threads(self.n_threads)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelError("device='cuda' was asked for but no CUDA GPU is visible; use device='cpu'")
-        source, gguf_file = self._locate(model)
+        resolved = resolve_model(model) if is_adapter_model(model) else None
+        self.adapter: Path | None = Path(adapter).expanduser() if adapter is not None else (
+            resolved.adapter if resolved is not None else None)
+        source, gguf_file = self._locate(resolved.gguf if resolved is not None else model)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
@@ -66,6 +76,10 @@ class TransformersEngine(TokenLoopEngine):
             ) from exc
         except AttributeError as exc:
             raise ModelError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from exc
+        if self.adapter is not None:
+            from srl_sdk.engines.lora import merge_lora_gguf
+
+            merge_lora_gguf(self.model, self.adapter)
         self.model.to(device)
         self.model.eval()
         self.device = device
@@ -80,6 +94,8 @@ class TransformersEngine(TokenLoopEngine):
         self._lock = threading.Lock()
         self.closed = False
         name = Path(str(model)).name if str(model) else "model"
+        if resolved is not None and resolved.name:
+            name = resolved.name
         super().__init__(model_id=name, context_length=int(context_length or trained))
 
     @staticmethod
@@ -112,7 +128,7 @@ class TransformersEngine(TokenLoopEngine):
         return ids
 
     # -- Engine ---------------------------------------------------------------------------------
-    def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+    def _render_text(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
             return text + ("\n\nassistant: " if add_generation_prompt else "")
@@ -120,8 +136,10 @@ class TransformersEngine(TokenLoopEngine):
             list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
         )
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
+        # the template writes BOS itself; split_special_tokens=True reads `<|im_start|>` as characters
+        with _TOKENIZER_LOCK:
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
 
     def _pick(self, logits, params: SamplingParams, generator):
         torch = self._torch

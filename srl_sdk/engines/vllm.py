@@ -39,13 +39,15 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from srl_sdk.engines.base import Engine, SamplingParams, TokenEvent
+from srl_sdk.engines.base import Engine, SamplingParams, TokenEvent, encode_protected, protect_contents
 from srl_sdk.errors import ConfigError, ContextOverflowError, EngineError, MissingDependencyError, ModelError
 
 VLLM_ENV_COMMAND = "bash scripts/vllm-env.sh"
 DEFAULT_MAX_MODEL_LEN = 4096
 DEFAULT_KV_CACHE_GIB = 1.0
 _POLL_S = 0.05
+# `split_special_tokens` is a flag set on the shared Rust tokenizer for each call: one call at a time
+_TOKENIZER_LOCK = threading.Lock()
 _START_TIMEOUT_S = 600.0
 
 
@@ -237,12 +239,21 @@ class VLLMEngine(Engine):
 
     # -- prompt side --------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
-        return self._tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        """The chat template's text; contents holding control-token text come back as a `Prompt`
+        whose spans `_ids` tokenizes as plain text (see base.Prompt)."""
+        return protect_contents(
+            lambda ms: self._tokenizer.apply_chat_template(ms, tokenize=False, add_generation_prompt=add_generation_prompt),
+            messages, lambda text: self._tokenize(text, True, False) != self._tokenize(text, False, False))
+
+    def _tokenize(self, text: str, special: bool, first: bool) -> list[int]:
+        with _TOKENIZER_LOCK:
+            return list(self._tokenizer(text, add_special_tokens=first, split_special_tokens=not special)["input_ids"])
+
+    def _ids(self, prompt: str) -> list[int]:
+        return encode_protected(prompt, self._tokenize)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(self._ids(text))
 
     def _sampling(self, params: SamplingParams, budget: int):
         from vllm import SamplingParams as VSamplingParams
@@ -264,7 +275,7 @@ class VLLMEngine(Engine):
         """Tokenize once here (the same ids vLLM gets), refuse prompts that cannot fit."""
         if self.closed:
             raise EngineError("this vLLM engine was closed; create a new one")
-        ids = self._tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ids = self._ids(prompt)
         room = self.context_length - len(ids)
         if room < 1:
             raise ContextOverflowError(len(ids), self.context_length, "shorten the prompt or raise max_model_len")
@@ -416,6 +427,14 @@ class VLLMEngine(Engine):
             "requests_unfinished": unfinished,
             "requests_aborted": gauges.aborted,
         }
+
+    def alive(self) -> bool:
+        """vLLM's engine core runs in its own process; when it dies AsyncLLM reports `errored` and
+        every later request fails (vLLM's own API server then exits: EngineDeadError)."""
+        llm = self._llm
+        if self.closed or llm is None:
+            return False
+        return not bool(getattr(llm, "errored", False))
 
     def info(self) -> dict[str, object]:
         return {

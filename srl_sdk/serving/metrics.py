@@ -36,11 +36,11 @@ def observe(event: dict) -> None:
 
 
 class EngineGauges:
-    """Exports what the workers' engines last published (`srl_engine_<name>{worker="pid"}`).
+    """Exports what the workers' engines last published (`srl_engine_<name>{worker="0"}`).
 
-    The figures live in the workers; they copy them into a Manager dict that `render` points this
-    collector at, read at scrape time.
-    """
+    The figures live in the workers; they copy them into a Manager dict (keyed by process id) that
+    `render` points this collector at, read at scrape time. The label is the worker's rank among
+    the live workers, not its process id: responses carry no PIDs (the log has them)."""
 
     def __init__(self) -> None:
         self.source: Any = None
@@ -51,7 +51,8 @@ class EngineGauges:
         except (OSError, EOFError, ConnectionError):  # the manager is gone: the server is stopping
             published = {}
         families: dict[str, GaugeMetricFamily] = {}
-        for worker, gauges in sorted(published.items()):
+        ranked = sorted(published.items(), key=lambda item: str(item[0]).zfill(12))  # by pid, numerically
+        for worker, (_, gauges) in enumerate(ranked):
             for name, value in gauges.items():
                 family = families.get(name)
                 if family is None:

@@ -41,8 +41,11 @@ class ServerProcess:
     """`with ServerProcess(config_path) as server: httpx.get(server.url + "/health")`."""
 
     def __init__(self, config: str | os.PathLike[str], *, port: int | None = None, log: Path | None = None,
-                 env: dict[str, str] | None = None, start_timeout_s: float = 180.0) -> None:
+                 env: dict[str, str] | None = None, start_timeout_s: float = 180.0,
+                 args: tuple[str, ...] = ()) -> None:
+        """`args`: more `srl serve` flags (e.g. `--api-key-file PATH`)."""
         self.config = Path(config)
+        self.args = tuple(args)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -51,7 +54,8 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "ServerProcess":
-        command = [sys.executable, "-m", "srl_sdk.cli", "serve", "--config", str(self.config), "--port", str(self.port)]
+        command = [sys.executable, "-m", "srl_sdk.cli", "serve", "--config", str(self.config), "--port", str(self.port),
+                   *self.args]
         sink = self.log.open("ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=self.env,
                                         start_new_session=True)  # its own group: nothing of it can outlive stop()

@@ -18,10 +18,11 @@ from srl_sdk.serving.config import ServerConfig
 class ApiError(Exception):
     """An HTTP error answered with the JSON body {"error": {"type", "message"}}."""
 
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.kind = kind
         self.message = message
+        self.headers = headers or {}  # e.g. Retry-After on 429 / 503
         super().__init__(message)
 
     def body(self) -> dict[str, Any]:
@@ -63,18 +64,28 @@ class ReasonRequest(BaseModel):
     model: str | None = Field(default=None, description="optional; must name the served model")
 
 
+class ContentPart(BaseModel):
+    """One part of an OpenAI message's content list. Only text parts are read; `text` must be a
+    string (a number or object there was a 500 before it was typed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
         if not self.content:
             return ""
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return "".join(part.text or "" for part in self.content if part.type == "text")
 
 
 class StreamOptions(BaseModel):

@@ -10,8 +10,17 @@ store holds the partial trace after every step, so `Last-Event-ID` resume can re
 
 Concurrency: `enable_async=True` lets one worker interleave several streams. Driver calls run on
 a private thread pool; an engine that serves one sequence at a time (llama.cpp) makes them take
-turns phase by phase. The number of streams a worker runs at once is bounded by a semaphore
-smaller than the pool, so a stream holding the engine always has a thread to continue on.
+turns phase by phase. A worker takes a job from the shared queue only while it has one of its
+`streams_per_worker` slots free (lifecycle.GatedQueue), fewer than the pool's threads, so a
+stream holding the engine always has a thread to continue on, and no job waits inside a worker.
+Store writes (SQLite, with a 30 s busy timeout) run on threads, never on the worker's event loop.
+
+Time: a run's `timeout_s` counts from when the API process received the request (`received`,
+a CLOCK_MONOTONIC reading, the same clock in every process), so the queue wait is included.
+
+Lifecycle (see lifecycle.py): the worker dies with the main process (PR_SET_PDEATHSIG, SIGTERM so
+the engine closes), and exits by itself, status EXIT_ENGINE_DEAD, when its engine reports itself
+dead (`Engine.alive()`, a crashed vLLM engine core): the server then fails its runs and stops.
 
 Engine load: a batching engine's gauges (vLLM's running/waiting requests) are copied every
 GAUGE_PERIOD_S into a second Manager dict, keyed by worker pid, which /metrics in the API process
@@ -24,6 +33,7 @@ watcher here polls it and sets the run's `threading.Event`, which the engine che
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,15 +43,20 @@ import litserve as ls
 from fastapi import Header, Request
 
 from srl_sdk.core.steps import Step, Trace
-from srl_sdk.errors import StoreError
+from srl_sdk.errors import SRLError, StoreError
 from srl_sdk.reasoning.driver import Driver, Finished, ReasonConfig, TokenDelta, given_steps_to_steps
 from srl_sdk.serving.auth import check_bearer
+from srl_sdk.serving.boundary import public_error, server_paths
 from srl_sdk.serving.config import ServerConfig
 from srl_sdk.serving.spec import StepSpec
 
 _END = object()
+logger = logging.getLogger("srl_sdk.serving")
 CANCEL_POLL_S = 0.1
 GAUGE_PERIOD_S = 0.5
+ENGINE_WATCH_S = 1.0
+CLOSE_TIMEOUT_S = 8.0  # SIGTERM: how long the engine may take to close before the worker exits anyway
+ORPHAN_CLOSE_TIMEOUT_S = 2.0  # the same when the main process is gone: nobody waits, the port must free
 
 
 def error_status(exc: BaseException) -> int:
@@ -62,20 +77,39 @@ class StepAPI(ls.LitAPI):
         self.engine_gauges = engine_gauges
         self.engine = None
         self.store = None
+        self._main_pid = _pid()  # built in the main process; the worker checks it is still there
 
     # -- worker lifecycle ---------------------------------------------------------------------
     def setup(self, device: str) -> None:
-        from srl_sdk.engines import load_engine
-        from srl_sdk.store import TraceStore
+        import signal
 
+        from srl_sdk.engines import load_engine
+        from srl_sdk.serving.lifecycle import die_with_parent
+
+        die_with_parent(self._main_pid, signal.SIGTERM)  # SIGTERM: the engine closes before the exit
         self.engine = load_engine(self.config.model, self.config.engine, **self.config.engine_options)
-        _close_engine_on_sigterm(self.engine)
-        self.store = TraceStore(self.config.store)
+        _close_engine_on_sigterm(self.engine, self._main_pid)
+        self.store = self.config.trace_store()  # a DisabledStore with `store: false`
         size = self.config.limits.streams_per_worker
         self._pool = ThreadPoolExecutor(max_workers=size + 2, thread_name_prefix="srl-driver")
-        self._slots = asyncio.Semaphore(size)
         if self.engine_gauges is not None and self.engine.gauges():
             threading.Thread(target=self._publish_gauges, name="srl-gauges", daemon=True).start()
+        threading.Thread(target=self._watch_engine, name="srl-engine-watch", daemon=True).start()
+
+    def _watch_engine(self) -> None:
+        """Exit this worker when its engine is dead, so the server fails its runs and stops (a
+        supervisor restarts it) rather than answering every request with an engine error."""
+        import os
+
+        from srl_sdk.serving.lifecycle import EXIT_ENGINE_DEAD
+
+        while self.engine.alive():
+            time.sleep(ENGINE_WATCH_S)
+        logger.error("the %s engine of worker %d is dead; the worker exits", self.engine.name, _pid())
+        closing = threading.Thread(target=self.engine.close, daemon=True)
+        closing.start()
+        closing.join(10)
+        os._exit(EXIT_ENGINE_DEAD)
 
     def _publish_gauges(self) -> None:
         """Copy the engine's gauges to the API process until the manager goes away (server stopping)."""
@@ -89,7 +123,7 @@ class StepAPI(ls.LitAPI):
 
     def authorize(self, request: Request, authorization: str | None = Header(default=None)) -> None:
         """`Authorization: Bearer <key>` on every route but /health (LitServe uses this as a dependency)."""
-        check_bearer(self.config.api_keys, request.url.path, authorization)
+        check_bearer(self.config.keys, request.url.path, authorization)
 
     async def decode_request(self, request: dict, **kwargs: Any) -> dict:
         return request
@@ -99,15 +133,26 @@ class StepAPI(ls.LitAPI):
             yield event
 
     async def predict(self, job: dict) -> AsyncIterator[dict]:
-        async with self._slots:
+        from srl_sdk.serving.lifecycle import release_slot
+
+        try:
             async for event in self._run(job):
                 yield event
+        finally:
+            release_slot()  # taken when this worker took the job from the queue
+
+    async def _save(self, trace: Trace, owner: str | None) -> None:
+        await asyncio.to_thread(self.store.save, trace, owner=owner)
 
     # -- one run ------------------------------------------------------------------------------
     async def _run(self, job: dict) -> AsyncIterator[dict]:
         loop = asyncio.get_running_loop()
         trace_id: str = job["trace_id"]
         config = ReasonConfig.model_validate(job["config"])
+        run_config = config
+        if config.timeout_s and job.get("received") is not None:  # the queue wait counts
+            left = config.timeout_s - (time.monotonic() - float(job["received"]))
+            run_config = config.model_copy(update={"timeout_s": max(left, 0.001)})
         cancel = threading.Event()
         if self._is_cancelled(trace_id):
             cancel.set()
@@ -121,11 +166,11 @@ class StepAPI(ls.LitAPI):
             request={"config": config.model_dump(), "given_steps": len(given), **job["request"]},
             steps=given,
         )
-        partial.meta["server"] = {"model": self.config.model_name, "worker_pid": _pid()}
-        events = Driver(self.engine, config).events(job["problem"], job["steps"], cancel=cancel, trace_id=trace_id)
+        partial.meta["server"] = {"model": self.config.model_name}  # no pid or path: traces are served to clients
+        events = Driver(self.engine, run_config).events(job["problem"], job["steps"], cancel=cancel, trace_id=trace_id)
         watcher = asyncio.create_task(self._watch(trace_id, cancel))
         try:
-            self.store.save(partial)  # inside the try: a store that cannot be written ends in an error event
+            await self._save(partial, job.get("owner"))  # in the try: a store that cannot be written ends in an error event
             while True:
                 event = await loop.run_in_executor(self._pool, next, events, _END)
                 if event is _END:
@@ -136,23 +181,26 @@ class StepAPI(ls.LitAPI):
                                "text": event.text, "logprob": event.logprob}
                 elif isinstance(event, Step):
                     partial.steps.append(event)
-                    self.store.save(partial)
+                    await self._save(partial, job.get("owner"))
                     yield {"type": "step", "step": event.model_dump(mode="json")}
                 elif isinstance(event, Finished):
                     trace = event.trace
+                    trace.request["config"] = config.model_dump()  # as asked, not the time left after the queue
                     trace.request.update(job["request"])
                     trace.meta.update(partial.meta)
-                    self.store.save(trace)
+                    await self._save(trace, job.get("owner"))
                     yield {"type": "done", "trace": trace.model_dump(mode="json")}
         except Exception as exc:  # an engine or store failure ends the stream with an error event, recorded
+            kind, message = public_error(exc, server_paths(self.config))  # the log keeps the full text
+            logger.error("run %s failed: %s: %s", trace_id, type(exc).__name__, exc, exc_info=not isinstance(exc, SRLError))
             partial.finish_reason = "error"
-            partial.meta["error"] = {"type": type(exc).__name__, "message": str(exc)}
+            partial.meta["error"] = {"type": kind, "message": message}
             try:
-                self.store.save(partial)
+                await self._save(partial, job.get("owner"))
             except StoreError:  # the store is what failed (read-only, disk full): the client still hears why
                 pass
             yield {"type": "error", "trace_id": trace_id,
-                   "error": {"type": type(exc).__name__, "message": str(exc), "status": error_status(exc)}}
+                   "error": {"type": kind, "message": message, "status": error_status(exc)}}
         finally:
             cancel.set()
             watcher.cancel()
@@ -178,11 +226,12 @@ class StepAPI(ls.LitAPI):
             pass
 
     def health(self) -> bool:
-        """Called in the API process; LitServe already requires every worker to have loaded its model."""
-        return self.spec.store_ok()
+        """Called in the API process, from memory: LitServe already requires every worker to have
+        loaded its model; this adds that none has died since (503 until the server restarts)."""
+        return self.spec.healthy()
 
 
-def _close_engine_on_sigterm(engine: Any) -> None:
+def _close_engine_on_sigterm(engine: Any, main_pid: int) -> None:
     """LitServe stops workers with SIGTERM; an engine with its own processes (vLLM) would outlive
     the worker, so close it first. Done on a thread: closing may wait for a decoding phase to end."""
     import os
@@ -195,7 +244,12 @@ def _close_engine_on_sigterm(engine: Any) -> None:
             os._exit(0)
 
     def handler(signum: int, frame: Any) -> None:
+        orphaned = os.getppid() != main_pid  # PR_SET_PDEATHSIG: the main process died
         threading.Thread(target=close_and_exit, daemon=True).start()
+        limit = ORPHAN_CLOSE_TIMEOUT_S if orphaned else CLOSE_TIMEOUT_S
+        timer = threading.Timer(limit, os._exit, (0,))  # a close that hangs (a phase holding the engine) must not keep us
+        timer.daemon = True
+        timer.start()
 
     signal.signal(signal.SIGTERM, handler)
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from srl_sdk.core.answers import answers_equal
+from srl_sdk.core.atomic import write_atomic
 from srl_sdk.core.checks import check_arithmetic
 from srl_sdk.core.format import THINK_CLOSE, THINK_OPEN, THOUGHT_STOPS, parse_step_response, step_messages, strip_step_label
 from srl_sdk.core.similarity import step_similarity
@@ -657,9 +658,7 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike[str]) -> Path:
         ("instances.jsonl", "".join(line + "\n" for line in instance_lines(report))),
     )
     for name, text in files:
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        write_atomic(out / name, text)  # fsynced, renamed, folder fsynced: whole or absent after a crash
     return out
 
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from srl_sdk.core.atomic import place_dir
 from srl_sdk.engines.models import is_alias, resolve_gguf
 from srl_sdk.errors import ConfigError, ModelError, require
 
@@ -114,7 +115,7 @@ def gguf_to_hf_dir(gguf_path: str | os.PathLike[str] = "smollm2", out_dir: str |
         if target.exists():
             target.rmdir()  # empty (checked above); rename cannot replace a folder
         try:
-            os.replace(staging, target)
+            place_dir(staging, target)  # fsynced before and after the rename (srl_sdk/core/atomic.py)
         except OSError:
             if (target / _COMPLETE_MARKER).is_file():  # another process finished first
                 shutil.rmtree(staging, ignore_errors=True)

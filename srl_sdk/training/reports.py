@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from srl_sdk.core.atomic import replace_file, write_atomic
 from srl_sdk.errors import require
 
 __all__ = ["MetricsJsonlCallback", "read_metrics", "plot_metrics", "METRICS_FILE", "PLOT_FILE"]
@@ -49,11 +50,7 @@ class MetricsJsonlCallback(_metrics_callback_base()):  # type: ignore[misc]
         if not state.is_world_process_zero or not self.path.is_file():
             return
         keep = [row for row in read_metrics(self.path) if int(row.get("step", 0)) <= state.global_step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            for row in keep:
-                handle.write(json.dumps(row) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(row) + "\n" for row in keep))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -123,5 +120,5 @@ def plot_metrics(metric_files: Iterable[str | os.PathLike[str]], out_png: str | 
     tmp = out.with_name(out.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
+    replace_file(tmp, out)
     return out

@@ -16,7 +16,8 @@ Stages are SRL, then RLVR from the SRL model (the paper's best recipe), or eithe
 or a short per-step SFT then SRL (`sft_srl`: small models that never close `<think>` by
 themselves get an all -1 SRL reward, hence no signal, until they have seen the format). Each
 stage starts from the previous stage's merged model.
-A stage is finished when its `final/` exists (it appears by an atomic rename). `resume=True`
+A stage is finished when its `final/` exists (it appears by an atomic rename, fsynced, and replaces
+an earlier one by an atomic exchange: srl_sdk/core/atomic.py). `resume=True`
 skips finished stages and continues the unfinished one from its newest complete checkpoint (one
 whose trainer_state.json, written last, exists; a checkpoint cut short by a kill is set aside).
 
@@ -37,6 +38,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from srl_sdk.core.answers import check_verifier
+from srl_sdk.core.atomic import replace_dir, restore_aside, write_atomic
 from srl_sdk.errors import ConfigError, TrainingError, require
 from srl_sdk.training.data import (
     DropReport,
@@ -112,9 +114,7 @@ def prepare_output_dir(output: Path, recipe: TrainRecipe, *, resume: bool, overw
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text)  # fsynced file and folder: whole or absent after a crash
 
 
 def latest_checkpoint(stage_dir: Path) -> Path | None:
@@ -338,8 +338,7 @@ def _save_final(trainer, recipe: TrainRecipe, base_model: str, stage_dir: Path) 
 def _merge_into_final(tokenizer, recipe: TrainRecipe, base_model: str, stage_dir: Path, saved: Path, adapter: Path | None, final: Path) -> None:
     if adapter is not None:
         peft = require("peft", "train")
-        shutil.rmtree(adapter, ignore_errors=True)
-        os.replace(saved, adapter)
+        replace_dir(saved, adapter)  # an earlier adapter/ stays until this one is whole
         base = load_causal_lm(base_model, dtype="auto")  # the checkpoint's own dtype (bf16 for Qwen, fp32 here)
         merged = peft.PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         staging = stage_dir / "final.tmp"
@@ -349,13 +348,13 @@ def _merge_into_final(tokenizer, recipe: TrainRecipe, base_model: str, stage_dir
         staging = saved
     tokenizer.save_pretrained(str(staging))
     (staging / DONE_MARKER).write_text("complete\n", encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
+    replace_dir(staging, final)  # fsynced, swapped in atomically: final/ is always a complete model
 
 
 def run_stage(name: str, recipe: TrainRecipe, base_model: str, split: TrainValSplit, output: Path, report: DropReport, *, resume: bool) -> StageResult:
     stage_dir = output / name
     final = stage_dir / "final"
+    restore_aside(final)  # a swap cut short (file systems without an atomic exchange) left it aside
     if (final / DONE_MARKER).is_file():
         if resume:
             state = json.loads((stage_dir / "state.json").read_text()) if (stage_dir / "state.json").is_file() else {}
