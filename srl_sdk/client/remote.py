@@ -115,6 +115,56 @@ def _trace_id(event_id: str | None) -> str | None:
     return event_id.rpartition(":")[0]
 
 
+class _StreamState:
+    """One reasoning stream's progress, kept apart from its I/O so that `run` and `arun` hold only
+    their I/O lines: where to (re)connect, the resume point, the retry budget (per outage) and
+    whether the run has ended (then there is nothing to cancel on the server)."""
+
+    def __init__(self, backend: "RemoteBackend", body: dict[str, Any]) -> None:
+        self.backend = backend
+        self.body = body
+        self.last_id: str | None = None
+        self.attempts = 0
+        self.finished = False
+
+    def request(self) -> tuple[str, str, dict[str, Any]]:
+        return self.backend._request_for(self.body, self.last_id)
+
+    def refused(self, response: httpx.Response) -> APIError:
+        self.finished = True  # refused: no run to cancel
+        return _error_from_response(response)
+
+    def opened(self, response: httpx.Response) -> None:
+        self.last_id = _resume_point(response, self.last_id)
+
+    def feed(self, event: ServerSentEvent) -> Step | Trace | None:
+        self.attempts = 0  # the retry budget is per outage
+        if event.id:
+            self.last_id = event.id
+        try:
+            item = _decode(event)
+        except APIError:
+            self.finished = True  # the run ended with an error event
+            raise
+        if isinstance(item, Trace):
+            self.finished = True
+        return item
+
+    def ended_early(self) -> None:
+        raise httpx.RemoteProtocolError("the stream ended before its done event")
+
+    def retry_delay(self, exc: httpx.TransportError) -> float:
+        """Seconds to wait before reconnecting; raises the typed error when the budget is spent."""
+        self.attempts += 1
+        error = self.backend._give_up(exc, self.attempts)
+        if error is not None:
+            raise error from exc
+        return BACKOFF_S * 2 ** (self.attempts - 1)
+
+    def run_to_cancel(self) -> str | None:
+        return None if self.finished else _trace_id(self.last_id)
+
+
 class RemoteBackend:
     """Talks to `srl serve`. Used by Reasoner / AsyncReasoner when the model is an http(s) URL."""
 
@@ -174,47 +224,30 @@ class RemoteBackend:
         overrides: dict[str, Any],
         cancel: threading.Event | None = None,
     ) -> Iterator[Step | Trace]:
-        body = reason_body(self.config, problem, steps, overrides)
-        last_id: str | None = None
-        attempts = 0
-        finished = False
+        state = _StreamState(self, reason_body(self.config, problem, steps, overrides))
         try:
             while True:
-                method, url, kwargs = self._request_for(body, last_id)
+                method, url, kwargs = state.request()
                 try:
                     with self.client.stream(method, url, **kwargs) as response:
                         if response.status_code >= 400:
                             response.read()
-                            finished = True  # refused: no run to cancel
-                            raise _error_from_response(response)
-                        last_id = _resume_point(response, last_id)
+                            raise state.refused(response)
+                        state.opened(response)
                         for event in EventSource(response).iter_sse():
-                            attempts = 0  # the retry budget is per outage
-                            if event.id:
-                                last_id = event.id
-                            try:
-                                item = _decode(event)
-                            except APIError:
-                                finished = True  # the run ended with an error event
-                                raise
+                            item = state.feed(event)
                             if item is not None:
-                                if isinstance(item, Trace):
-                                    finished = True
                                 yield item
-                                if finished:
+                                if state.finished:
                                     return
                             if cancel is not None and cancel.is_set():
                                 return  # the finally cancels the run on the server
-                        raise httpx.RemoteProtocolError("the stream ended before its done event")
+                        state.ended_early()
                 except httpx.TransportError as exc:
-                    attempts += 1
-                    error = self._give_up(exc, attempts)
-                    if error is not None:
-                        raise error from exc
-                    time.sleep(BACKOFF_S * 2 ** (attempts - 1))
+                    time.sleep(state.retry_delay(exc))
         finally:
-            if not finished and _trace_id(last_id):
-                self._cancel_run(_trace_id(last_id))
+            if state.run_to_cancel():
+                self._cancel_run(state.run_to_cancel())
 
     def _cancel_run(self, trace_id: str) -> None:
         """Best effort: the server would otherwise keep the run for its resume grace period."""
@@ -245,45 +278,28 @@ class RemoteBackend:
         steps: Sequence[str | Step],
         overrides: dict[str, Any],
     ) -> AsyncIterator[Step | Trace]:
-        body = reason_body(self.config, problem, steps, overrides)
-        last_id: str | None = None
-        attempts = 0
-        finished = False
+        state = _StreamState(self, reason_body(self.config, problem, steps, overrides))
         try:
             while True:
-                method, url, kwargs = self._request_for(body, last_id)
+                method, url, kwargs = state.request()
                 try:
                     async with self.aclient.stream(method, url, **kwargs) as response:
                         if response.status_code >= 400:
                             await response.aread()
-                            finished = True
-                            raise _error_from_response(response)
-                        last_id = _resume_point(response, last_id)
+                            raise state.refused(response)
+                        state.opened(response)
                         async for event in EventSource(response).aiter_sse():
-                            attempts = 0
-                            if event.id:
-                                last_id = event.id
-                            try:
-                                item = _decode(event)
-                            except APIError:
-                                finished = True
-                                raise
+                            item = state.feed(event)
                             if item is not None:
-                                if isinstance(item, Trace):
-                                    finished = True
                                 yield item
-                                if finished:
+                                if state.finished:
                                     return
-                        raise httpx.RemoteProtocolError("the stream ended before its done event")
+                        state.ended_early()
                 except httpx.TransportError as exc:
-                    attempts += 1
-                    error = self._give_up(exc, attempts)
-                    if error is not None:
-                        raise error from exc
-                    await asyncio.sleep(BACKOFF_S * 2 ** (attempts - 1))
+                    await asyncio.sleep(state.retry_delay(exc))
         finally:
-            if not finished and _trace_id(last_id):
-                await self._acancel_run(_trace_id(last_id))
+            if state.run_to_cancel():
+                await self._acancel_run(state.run_to_cancel())
 
     async def _acancel_run(self, trace_id: str) -> None:
         try:
