@@ -49,6 +49,7 @@ from ..core.answers import answers_match, check_verifier, extract_answer, math_v
 from ..core.checks import check_arithmetic
 from ..core.format import FINAL_MARKER, THINK_CLOSE, THINK_OPEN
 from ..core.splitting import SplitStyle, check_split_options, detect_style, split_solution
+from ..training.data import row_field
 from ..errors import APIConnectionError, InputError, require, status_error
 from .rows import JsonlAppender, export_trl_stepwise, gold_answer, problem_key, read_jsonl_rows, trajectory_row
 
@@ -184,15 +185,6 @@ class Problem(BaseModel):
         return problem_key(self.problem)
 
 
-def _first(row: dict[str, Any], explicit: str | None, defaults: tuple[str, ...]) -> Any:
-    if explicit is not None:
-        return row.get(explicit)
-    for name in defaults:
-        if row.get(name) is not None:
-            return row[name]
-    return None
-
-
 def read_problems(
     path: Path, *, problem_field: str | None = None, answer_field: str | None = None, limit: int | None = None
 ) -> tuple[list[Problem], dict[str, int]]:
@@ -220,11 +212,11 @@ def read_problems(
             if not isinstance(row, dict):
                 drops["not_json"] += 1
                 continue
-            text = _first(row, problem_field, ("problem", "question"))
+            text = row_field(row, problem_field, ("problem", "question"))
             if not isinstance(text, str) or not text.strip():
                 drops["no_problem"] += 1
                 continue
-            gold = gold_answer(_first(row, answer_field, ("answer", "solution")))
+            gold = gold_answer(row_field(row, answer_field, ("answer", "solution")))
             if gold is None:
                 drops["no_gold_answer"] += 1
                 continue

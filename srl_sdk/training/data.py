@@ -143,7 +143,8 @@ class TrainValSplit(BaseModel):
 # -- reading ------------------------------------------------------------------------------------
 
 
-def _field(row: dict[str, Any], explicit: str | None, defaults: Sequence[str]) -> Any:
+def row_field(row: dict[str, Any], explicit: str | None, defaults: Sequence[str]) -> Any:
+    """The value of the field the user named, else of the first default name that is set."""
     if explicit is not None:
         return row.get(explicit)
     for name in defaults:
@@ -169,12 +170,12 @@ def parse_row(row: Any, where: str, config: DataConfig, report: DropReport) -> E
         report.drop(NOT_AN_OBJECT, where)
         return None
     gsm8k = config.source == "gsm8k"
-    problem = _field(row, config.problem_field, ("problem", "question"))
+    problem = row_field(row, config.problem_field, ("problem", "question"))
     if not isinstance(problem, str) or not problem.strip():
         report.drop(NO_PROBLEM, where)
         return None
-    solution = _field(row, config.solution_field, ("answer",) if gsm8k else ("solution",))
-    steps_value = None if gsm8k else _field(row, config.steps_field, ("steps",))
+    solution = row_field(row, config.solution_field, ("answer",) if gsm8k else ("solution",))
+    steps_value = None if gsm8k else row_field(row, config.steps_field, ("steps",))
     if isinstance(steps_value, list):
         steps = [s.strip() for s in steps_value if isinstance(s, str) and s.strip()]
         solution_text = "\n".join(steps)
@@ -196,7 +197,7 @@ def parse_row(row: Any, where: str, config: DataConfig, report: DropReport) -> E
     if len(steps) < config.min_steps:
         report.drop(ONE_STEP, where)
         return None
-    answer = None if gsm8k else _field(row, config.answer_field, ("answer",))
+    answer = None if gsm8k else row_field(row, config.answer_field, ("answer",))
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if isinstance(answer, str) and answer.strip():
