@@ -350,8 +350,9 @@ def test_cli_teacher_mode(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "1 kept, 1 rejected" in text and "samples: 6 taken, 1 kept" in text and "wrong_answer 1" in text
-    first = stand_in.requests[0]
-    assert first["messages"] == [{"role": "user", "content": "Solve: " + PROBLEMS[0]["question"]}]
+    # the two problems are sampled concurrently, so their requests arrive in either order
+    expected = [{"role": "user", "content": "Solve: " + PROBLEMS[0]["question"]}]
+    first = next(request for request in stand_in.requests if request["messages"] == expected)
     assert first["temperature"] == 0.2 and first["max_tokens"] == 256 and first["top_k"] == 5
 
 
