@@ -6,6 +6,8 @@ data file fails the run loudly (these are installed by the README's test command
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -70,3 +72,20 @@ def llama_engine():
     engine = LlamaCppEngine("smollm2", n_ctx=2048, n_threads=2)
     yield engine
     engine.close()
+
+
+@pytest.fixture
+def srl_server(tmp_path):
+    """A factory: `server = srl_server(limits={"max_steps": 4})` starts a real `srl serve`
+    (tests/servers.py) in its own folder; every server it started is stopped and checked at teardown."""
+    from servers import serving
+
+    stack = contextlib.ExitStack()
+    started = itertools.count()
+
+    def start(*, args: tuple[str, ...] = (), env: dict[str, str] | None = None, **overrides):
+        folder = tmp_path / f"server-{next(started)}"
+        return stack.enter_context(serving(folder, args=args, env=env, **overrides))
+
+    with stack:
+        yield start
