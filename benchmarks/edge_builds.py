@@ -42,7 +42,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="srl-edge-bench-"))
     hf_dir = args.hf_dir
     if hf_dir is None:
-        from srl_sdk.training.models import gguf_to_hf_dir
+        from srl_sdk.engines.hf_folder import gguf_to_hf_dir
 
         hf_dir = gguf_to_hf_dir("smollm2", out_dir=work / "hf")
     builds: list[tuple[str, str, float]] = [("unquantized (HF fp32, transformers)", str(hf_dir), 0.0)]

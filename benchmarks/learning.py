@@ -543,7 +543,7 @@ def run_unit(spec: dict) -> dict:
     timings: dict[str, list[float]] = {}
     started = time.perf_counter()
     try:
-        from srl_sdk.training.models import cap_torch_threads, resolve_hf_model
+        from srl_sdk.engines.hf_folder import cap_torch_threads, resolve_hf_model
 
         cap_torch_threads(threads)
         base = load_base_recipe(task)
@@ -1212,7 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
     if not old:
         _write_json(plan_file, plan)
     first_plan = old or plan  # its estimate is the whole matrix's; later invocations only finish it
-    from srl_sdk.training.models import resolve_hf_model
+    from srl_sdk.engines.hf_folder import resolve_hf_model
 
     resolve_hf_model(base_recipe.model)  # convert the GGUF once, before any worker needs it
 

@@ -93,7 +93,7 @@ def main() -> None:
     tokens = sum(s.tokens for s in steps)
     rows = []
     for name, work in parts.items():
-        total = sum(per_call_s(lambda s=s: work(s), args.repeats) for s in steps)
+        total = sum(per_call_s(lambda s=s, work=work: work(s), args.repeats) for s in steps)
         rows.append([name, f"{1e6 * total / max(1, len(steps)):.0f}", f"{1e3 * total:.2f}",
                      f"{100 * total / generation_s:.3f} %"])
     logits = engine._last_logits(engine._llm.n_vocab()).copy()

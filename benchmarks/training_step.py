@@ -41,7 +41,7 @@ def build(variant: str, opts, hf_dir: str, out: Path):
     from trl import GRPOConfig, GRPOTrainer
 
     from srl_sdk.training.data import DataConfig, load_trajectories, split_by_trajectory
-    from srl_sdk.training.models import load_causal_lm
+    from srl_sdk.engines.hf_folder import load_causal_lm
     from srl_sdk.training.recipe import DynamicSamplingSettings, LoraSettings, StageSettings, TrainRecipe
     from srl_sdk.training.rewards import srl_step_reward
     from srl_sdk.training.trainers import _lora_config, build_trainer
@@ -139,7 +139,7 @@ def main() -> None:
     if opts.batch % opts.generations:
         parser.error("--batch must be a multiple of --generations")
 
-    from srl_sdk.training.models import gguf_to_hf_dir
+    from srl_sdk.engines.hf_folder import gguf_to_hf_dir
 
     session = Session()
     hf_dir = str(gguf_to_hf_dir("smollm2")) if opts.model == "smollm2" else str(Path(opts.model).resolve())

@@ -86,7 +86,7 @@ def main() -> None:
     opts = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a spinning engine process would steal the trainer's cores
-    from srl_sdk.training.models import gguf_to_hf_dir
+    from srl_sdk.engines.hf_folder import gguf_to_hf_dir
 
     hf_dir = str(gguf_to_hf_dir("smollm2"))
     results = []

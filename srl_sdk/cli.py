@@ -1,49 +1,35 @@
 """`srl`: the command line. Each job's commands live beside the job; this file wires them up.
 
-Every command turns an SRLError into one readable red line and exit code 1, never a traceback.
+Every command turns an SRLError into one readable red line and exit code 1, never a traceback
+(srl_sdk/cli_common.py). Nothing imports this module but the `srl` entry point.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from srl_sdk.cli_common import console, err_console, friendly_errors
+from srl_sdk.core.generate import GenerateConfig as _GenerateConfig  # pydantic only: light
+from srl_sdk.core.jsonl import read_jsonl
 from srl_sdk.core.steps import Step, Trace
+from srl_sdk.data import commands as data_commands
+from srl_sdk.edge import commands as edge_commands
 from srl_sdk.engines.models import DEFAULT_MODEL
-from srl_sdk.errors import InputError, SRLError
+from srl_sdk.errors import InputError
+from srl_sdk.serving import commands as serving_commands
+from srl_sdk.training import commands as training_commands
 
 app = typer.Typer(help="srl-sdk: step-by-step reasoning you can train, serve, ship and audit.", no_args_is_help=True)
 traces_app = typer.Typer(help="Inspect stored traces.", no_args_is_help=True)
 data_app = typer.Typer(help="Expert data: solutions -> steps -> SRL instances.", no_args_is_help=True)
 app.add_typer(traces_app, name="traces")
 app.add_typer(data_app, name="data")
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
-
-F = TypeVar("F", bound=Callable[..., object])
-
-
-def friendly_errors(func: F) -> F:
-    """SRLError -> one line on stderr and exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except SRLError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 def print_step(step: Step) -> None:
     tag = "given" if step.source == "given" else f"{step.tokens} tok"
@@ -71,18 +57,16 @@ def print_trace_footer(trace: Trace) -> None:
 
 def read_problem_from(path: Path, index: int) -> str:
     """The problem on line `index` (0-based) of a JSONL file with `question` or `problem`."""
-    try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle):
-                if number == index:
-                    row = json.loads(line)
-                    text = row.get("question") or row.get("problem")
-                    if not isinstance(text, str):
-                        raise InputError(f"{path}:{index + 1} has no 'question' or 'problem' text field")
-                    return text
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read a problem from {path}:{index + 1}: {exc}") from exc
-    raise InputError(f"{path} has fewer than {index + 1} lines")
+    for line in read_jsonl(path, hint="pass a JSONL file with --from"):
+        if line.lineno > index + 1:
+            break
+        if line.lineno == index + 1:
+            row = line.object()
+            text = row.get("question") or row.get("problem")
+            if not isinstance(text, str):
+                raise InputError(f"{path}:{index + 1} has no 'question' or 'problem' text field")
+            return text
+    raise InputError(f"{path} has no problem on line {index + 1}")
 
 
 @app.command()
@@ -99,7 +83,7 @@ def reason(
     temperature: float = typer.Option(0.0, min=0.0),
     seed: Optional[int] = typer.Option(None),
     step: list[str] = typer.Option([], "--step", help="A given step to continue from (repeatable)."),
-    store: Optional[Path] = typer.Option(None, help="Trace store file (default $SRL_HOME/traces.db)."),
+    store: Optional[str] = typer.Option(None, help="Trace store: a file (default $SRL_HOME/traces.db) or postgresql:// URL."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not store the trace."),
     api_key: Optional[str] = typer.Option(None, envvar="SRL_API_KEY", help="API key for a remote server."),
     as_json: bool = typer.Option(False, "--json", help="Print the trace as JSON at the end."),
@@ -128,12 +112,12 @@ def reason(
 @friendly_errors
 def traces_list(
     limit: int = typer.Option(20, min=1),
-    store: Optional[Path] = typer.Option(None, help="Trace store file."),
+    store: Optional[str] = typer.Option(None, help="Trace store: a file or a postgresql:// URL."),
 ) -> None:
     """The newest stored traces."""
-    from srl_sdk.store import TraceStore
+    from srl_sdk.store import open_store
 
-    rows = TraceStore(store).list(limit=limit)
+    rows = open_store(store).list(limit=limit)
     if not rows:
         console.print("[dim]no traces stored yet[/]")
     for row in rows:
@@ -149,13 +133,13 @@ def traces_list(
 @friendly_errors
 def traces_show(
     trace_id: str,
-    store: Optional[Path] = typer.Option(None, help="Trace store file."),
+    store: Optional[str] = typer.Option(None, help="Trace store: a file or a postgresql:// URL."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Print one stored trace."""
-    from srl_sdk.store import TraceStore
+    from srl_sdk.store import open_store
 
-    trace = TraceStore(store).get(trace_id)
+    trace = open_store(store).get(trace_id)
     if as_json:
         sys.stdout.write(trace.model_dump_json(indent=2) + "\n")
         return
@@ -164,6 +148,44 @@ def traces_show(
     for item in trace.steps:
         print_step(item)
     print_trace_footer(trace)
+
+
+@traces_app.command("compare")
+@friendly_errors
+def traces_compare(
+    trace_id: str,
+    expert: Path = typer.Option(..., "--expert", help="Expert steps: a text solution (one step per line, "
+                                "'#### answer') or JSON (a list of steps, or {\"steps\": [...], \"answer\": ...})."),
+    store: Optional[str] = typer.Option(None, help="Trace store: a file or a postgresql:// URL."),
+    server: Optional[str] = typer.Option(None, help="Read the trace from this srl serve URL instead of a store."),
+    api_key: Optional[str] = typer.Option(None, envvar="SRL_API_KEY", help="API key for --server."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A trace beside the expert's steps: per step the SRL reward's similarity, and whether the answer is right."""
+    from srl_sdk.core.compare import compare_trace, read_expert_file
+
+    steps, answer = read_expert_file(expert)
+    if server is not None:
+        from srl_sdk.client import Reasoner
+
+        with Reasoner.remote(server, api_key=api_key) as reasoner:
+            trace = reasoner.get_trace(trace_id)
+    else:
+        from srl_sdk.store import open_store
+
+        trace = open_store(store).get(trace_id)
+    result = compare_trace(trace, steps, expert_answer=answer)
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        return
+    for row in result.rows:
+        sim = "   —  " if row.similarity is None else f"{row.similarity:.4f}"
+        console.print(f"[bold cyan]{row.index:>2}[/] {sim}  model: {escape(row.model_step or '—')}")
+        console.print(f"           expert: [dim]{escape(row.expert_step or '—')}[/]")
+    mean = "—" if result.mean_similarity is None else f"{result.mean_similarity:.4f}"
+    verdict = {True: "[green]right[/]", False: "[red]wrong[/]", None: "[yellow]cannot tell[/]"}[result.answer_correct]
+    console.print(f"mean similarity {mean} ({result.step_lines} line) · answer {verdict}: model "
+                  f"{escape(str(result.answer))}, expert {escape(str(result.expert_answer))}")
 
 
 @data_app.command("split")
@@ -197,8 +219,6 @@ def data_split(
             sink.close()
     err_console.print(report.summary())
 
-
-from srl_sdk.core.generate import GenerateConfig as _GenerateConfig  # noqa: E402  (pydantic only: light)
 
 _GEN = _GenerateConfig()  # the generator's defaults, shown by --help
 _TEACHER = "Teacher mode (--teacher URL): verified samples from a model behind an OpenAI-compatible endpoint"
@@ -262,18 +282,16 @@ def data_generate(
     from srl_sdk.errors import ConfigError
 
     if teacher is not None:
-        from srl_sdk.data.commands import parse_extra_body, run_teacher
-
         options = dict(
             url=teacher, model=model, input=input_file, out=out, samples=samples, prompt=prompt, system=system,
             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, concurrency=concurrency,
             max_retries=max_retries, timeout_s=request_timeout, api_key_env=api_key_env,
-            extra_body=parse_extra_body(extra_body), split_style=split_style, split_pattern=split_pattern,
+            extra_body=data_commands.parse_extra_body(extra_body), split_style=split_style, split_pattern=split_pattern,
             verifier=verifier, limit=limit, problem_field=problem_field, answer_field=answer_field,
             weak_model=weak_model, weak_url=weak_teacher, weak_samples=weak_samples, retry_rejected=retry_rejected,
             trl_out=trl_out, progress=progress,
         )
-        run_teacher(options, prompt_file)
+        data_commands.run_teacher(options, prompt_file)
         return
     if source != "rules":
         raise ConfigError(f"unknown --source {source!r}; the available source is 'rules' "
@@ -291,16 +309,11 @@ def data_generate(
     console.print(f"[green]wrote[/] {escape(str(out))} ({report['generator']}, seed {seed}) in {elapsed:.2f}s")
 
 
-from srl_sdk.data.commands import register as _register_data; _register_data(data_app)  # noqa: E402,E702
-
-
-from srl_sdk.serving.commands import register as _register_serve; _register_serve(app)  # noqa: E402,E702
-
-
-from srl_sdk.edge.commands import register as _register_edge; _register_edge(app)  # noqa: E402
-
-
-from srl_sdk.training.commands import register as _register_train; _register_train(app)  # noqa: E402,E702
+# Each job's commands live beside the job and register themselves, after this file's own (the
+# order of `srl --help`); TRL's CLI loops over `command.register(subparsers)` the same way.
+data_commands.register(data_app)
+for _commands in (serving_commands, edge_commands, training_commands):
+    _commands.register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -42,8 +42,16 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_srl_home(tmp_path_factory):
-    """Never write to the user's ~/.srl from tests."""
-    os.environ["SRL_HOME"] = str(tmp_path_factory.mktemp("srl_home"))
+    """Never write to the user's ~/.srl from tests. The one exception is the HF folder of the model:
+    $SRL_HOME/cache/hf is <repo>/.cache/hf, so every conversion of SmolLM2 in a session (the
+    `smollm2_hf_dir` fixture's, and the SDK's own when a test names the alias) is the same one,
+    made once per machine."""
+    home = tmp_path_factory.mktemp("srl_home")
+    hf_cache = REPO_ROOT / ".cache" / "hf"
+    hf_cache.mkdir(parents=True, exist_ok=True)
+    (home / "cache").mkdir()
+    (home / "cache" / "hf").symlink_to(hf_cache, target_is_directory=True)
+    os.environ["SRL_HOME"] = str(home)
     yield
 
 
@@ -74,6 +82,46 @@ def llama_engine():
     engine.close()
 
 
+@pytest.fixture(scope="session")
+def smollm2_hf_dir() -> Path:
+    """The embedded SmolLM2 as an HF folder (fp32 safetensors): converted once, then cached."""
+    from edge_builds import smollm2_hf_dir
+
+    return smollm2_hf_dir()
+
+
+@pytest.fixture(scope="session")
+def transformers_engine(smollm2_hf_dir):
+    """SmolLM2 in transformers, loaded once per test session."""
+    from srl_sdk.engines import load_engine
+
+    engine = load_engine(str(smollm2_hf_dir), "transformers", n_threads=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def onnx_engine():
+    """SmolLM2's int4 onnxruntime-genai build (tests/edge_builds.py), loaded once per test session."""
+    from edge_builds import small_onnx
+
+    from srl_sdk.engines import load_engine
+
+    engine = load_engine(small_onnx(), "onnx", n_threads=2, n_ctx=1024)
+    yield engine
+    engine.close()
+
+
+#: the engines that run inside the test process, each by the name of its session fixture
+IN_PROCESS_ENGINES = {"llama.cpp": "llama_engine", "transformers": "transformers_engine", "onnx": "onnx_engine"}
+
+
+@pytest.fixture(scope="module", params=list(IN_PROCESS_ENGINES))
+def any_engine(request):
+    """Each in-process engine in turn (a test using it runs once per engine)."""
+    return request.getfixturevalue(IN_PROCESS_ENGINES[request.param])
+
+
 @pytest.fixture
 def srl_server(tmp_path):
     """A factory: `server = srl_server(limits={"max_steps": 4})` starts a real `srl serve`
@@ -89,3 +137,26 @@ def srl_server(tmp_path):
 
     with stack:
         yield start
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (tests/postgres.py), started once per session on 127.0.0.1 and
+    removed at the end. Skips where no PostgreSQL is installed, except in CI (CI=1), where that fails."""
+    from postgres import PostgresServer, postgres_bin
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql): the postgres store tests need it"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI a missing server must not turn the store tests into skips
+        pytest.skip(message)
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()

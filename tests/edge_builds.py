@@ -1,7 +1,7 @@
 """Real builds shared by the edge tests, cached under <repo>/.cache so a test run makes each once.
 
-Not a test module (no test_ prefix). The HF folder is the embedded SmolLM2 converted by the
-training module's `gguf_to_hf_dir`; builds are made by the SDK's own exporters. The caches are
+Not a test module (no test_ prefix). The HF folder is the embedded SmolLM2 converted by
+`srl_sdk.engines.hf_folder.gguf_to_hf_dir`; builds are made by the SDK's own exporters. The caches are
 keyed by the source file, and a build only counts once it is complete (exports are atomic).
 """
 
@@ -16,9 +16,11 @@ os.environ.setdefault("SRL_CONVERTER_CACHE", str(CACHE / "llama-cpp-src"))
 
 
 def smollm2_hf_dir() -> Path:
-    from srl_sdk.training.models import gguf_to_hf_dir
+    """The SDK's own cached conversion; in a test session its cache is <repo>/.cache/hf (conftest.py),
+    so this is the one HF folder every test and the SDK itself use. Tests take the fixture."""
+    from srl_sdk.engines.hf_folder import gguf_to_hf_dir
 
-    return gguf_to_hf_dir("smollm2", out_dir=CACHE / "edge-hf" / "smollm2")
+    return gguf_to_hf_dir("smollm2")
 
 
 def small_gguf() -> Path:

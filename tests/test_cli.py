@@ -72,11 +72,11 @@ def test_data_split_steps_and_instances(home, tmp_path, gsm8k_path):
     out_steps = tmp_path / "steps.jsonl"
     done = srl("data", "split", str(sample), "--out", str(out_steps), env_home=home)
     assert done.returncode == 0, done.stderr
-    rows = [json.loads(l) for l in out_steps.read_text().splitlines()]
+    rows = [json.loads(line) for line in out_steps.read_text().splitlines()]
     assert len(rows) == 5 and all(r["steps"] for r in rows)
     assert "line 6" in done.stderr or "malformed" in done.stderr.lower()
     out_inst = tmp_path / "inst.jsonl"
     done = srl("data", "split", str(sample), "--output", "instances", "--out", str(out_inst), env_home=home)
     assert done.returncode == 0, done.stderr
-    instances = [json.loads(l) for l in out_inst.read_text().splitlines()]
+    instances = [json.loads(line) for line in out_inst.read_text().splitlines()]
     assert len(instances) == sum(len(r["steps"]) - 1 for r in rows)

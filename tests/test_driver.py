@@ -48,7 +48,7 @@ def test_max_steps_is_respected(llama_engine, problem):
 
 def test_continue_from_edited_steps(llama_engine, gsm8k_rows):
     row = gsm8k_rows[0]
-    expert_lines = [l for l in row["answer"].split("####")[0].splitlines() if l.strip()]
+    expert_lines = [line for line in row["answer"].split("####")[0].splitlines() if line.strip()]
     given = [expert_lines[0], "Step 2: 48 + 24 = 99"]  # a person edited step 2 (wrongly)
     driver = Driver(llama_engine, ReasonConfig(max_steps=1, max_thought_tokens=24, max_action_tokens=32))
     trace = driver.solve(row["question"], given)

@@ -21,13 +21,6 @@ from srl_sdk.errors import ConfigError, ExportError, ModelError
 PROMPT_MESSAGES = [{"role": "user", "content": "What is 12 + 30?"}]
 
 
-@pytest.fixture(scope="module")
-def hf_dir():
-    from edge_builds import smollm2_hf_dir
-
-    return smollm2_hf_dir()
-
-
 def greedy(model, n=12):
     with load_engine(model, n_threads=2, n_ctx=512) as engine:
         return "".join(e.text for e in engine.stream(engine.render(PROMPT_MESSAGES), SamplingParams(max_tokens=n)))
@@ -38,9 +31,9 @@ def leftovers(folder):
 
 
 @pytest.fixture(scope="module")
-def official_q4_0(hf_dir, tmp_path_factory):
+def official_q4_0(smollm2_hf_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf") / "smol-q4_0.gguf"
-    return export_gguf(hf_dir, GGUFExportConfig(quant="q4_0", out=out, converter="official"))
+    return export_gguf(smollm2_hf_dir, GGUFExportConfig(quant="q4_0", out=out, converter="official"))
 
 
 def test_official_converter_and_llama_quantizer_make_a_working_q4_0(official_q4_0):
@@ -52,8 +45,8 @@ def test_official_converter_and_llama_quantizer_make_a_working_q4_0(official_q4_
     assert greedy(result.path).strip()
 
 
-def test_gguf_py_writer_matches_the_official_converter(hf_dir, official_q4_0, tmp_path):
-    result = export_gguf(hf_dir, GGUFExportConfig(quant="q4_0", out=tmp_path / "w.gguf", converter="gguf-py",
+def test_gguf_py_writer_matches_the_official_converter(smollm2_hf_dir, official_q4_0, tmp_path):
+    result = export_gguf(smollm2_hf_dir, GGUFExportConfig(quant="q4_0", out=tmp_path / "w.gguf", converter="gguf-py",
                                                   tokenizer_gguf=smollm2_gguf_path()))
     assert result.converter == "gguf-py"
     assert result.tensor_types == official_q4_0.tensor_types
@@ -98,13 +91,13 @@ def test_an_adapter_whose_base_is_missing_names_what_to_pass(tmp_path):
     assert not (tmp_path / "out.gguf").exists()
 
 
-def test_lora_adapter_is_merged_into_its_base(hf_dir, tmp_path):
+def test_lora_adapter_is_merged_into_its_base(smollm2_hf_dir, tmp_path):
     import peft
     import torch
     import transformers
 
     torch.manual_seed(0)  # the random LoRA weights (init_lora_weights=False) are the same every run
-    base = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype="float32")
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_hf_dir), dtype="float32")
     lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     adapter = tmp_path / "adapter"
     lora.save_pretrained(str(adapter))
@@ -112,7 +105,7 @@ def test_lora_adapter_is_merged_into_its_base(hf_dir, tmp_path):
     with torch.no_grad():
         expected = lora(ids).logits
         plain = lora.get_base_model()
-    merged_dir = merge_adapter(adapter, base=hf_dir, out_dir=tmp_path / "merged")
+    merged_dir = merge_adapter(adapter, base=smollm2_hf_dir, out_dir=tmp_path / "merged")
     assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "tokenizer.json").is_file()
     merged = transformers.AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype="float32")
     with torch.no_grad():
@@ -121,7 +114,7 @@ def test_lora_adapter_is_merged_into_its_base(hf_dir, tmp_path):
     del plain
 
 
-def test_disk_full_leaves_no_build_and_no_temp(hf_dir, tmp_path, monkeypatch):
+def test_disk_full_leaves_no_build_and_no_temp(smollm2_hf_dir, tmp_path, monkeypatch):
     import srl_sdk.edge.gguf_export as gguf_export
 
     def disk_fills_while_converting(hf, out_file, outtype="f16"):
@@ -131,7 +124,7 @@ def test_disk_full_leaves_no_build_and_no_temp(hf_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(gguf_export, "convert_official", disk_fills_while_converting)
     with pytest.raises(ExportError, match="disk filled up"):
-        export_gguf(hf_dir, GGUFExportConfig(quant="q4_0", out=tmp_path / "full.gguf", converter="official"))
+        export_gguf(smollm2_hf_dir, GGUFExportConfig(quant="q4_0", out=tmp_path / "full.gguf", converter="official"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -146,15 +139,15 @@ def test_truncated_gguf_is_a_clear_error_and_never_exported(official_q4_0, tmp_p
     assert not (tmp_path / "out.gguf").exists()
 
 
-def test_onnx_int4_export_is_atomic_and_runs(hf_dir, tmp_path):
-    result = export_onnx(hf_dir, OnnxExportConfig(precision="int4", out=tmp_path / "onnx"))
+def test_onnx_int4_export_is_atomic_and_runs(smollm2_hf_dir, tmp_path):
+    result = export_onnx(smollm2_hf_dir, OnnxExportConfig(precision="int4", out=tmp_path / "onnx"))
     assert (result.path / "genai_config.json").is_file() and (result.path / "model.onnx").is_file()
     assert 70e6 < result.size_bytes < 120e6
     assert leftovers(tmp_path) == []
     assert greedy(result.path).strip()
 
 
-def test_onnx_export_failures_leave_nothing(hf_dir, tmp_path, monkeypatch):
+def test_onnx_export_failures_leave_nothing(smollm2_hf_dir, tmp_path, monkeypatch):
     import srl_sdk.edge.onnx_export as onnx_export
 
     def full_disk(*args, **kwargs):
@@ -162,18 +155,18 @@ def test_onnx_export_failures_leave_nothing(hf_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_export.subprocess, "run", full_disk)
     with pytest.raises(ExportError, match="disk filled up"):
-        export_onnx(hf_dir, OnnxExportConfig(precision="int4", out=tmp_path / "onnx"))
+        export_onnx(smollm2_hf_dir, OnnxExportConfig(precision="int4", out=tmp_path / "onnx"))
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     broken = tmp_path / "broken"
-    shutil.copytree(hf_dir, broken)
+    shutil.copytree(smollm2_hf_dir, broken)
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ExportError, match="builder failed"):
         export_onnx(broken, OnnxExportConfig(precision="int4", out=tmp_path / "onnx"))
     assert not (tmp_path / "onnx").exists() and leftovers(tmp_path) == []
 
 
-def test_sigkill_during_export_leaves_no_build_and_the_next_export_sweeps_it(hf_dir, tmp_path):
+def test_sigkill_during_export_leaves_no_build_and_the_next_export_sweeps_it(smollm2_hf_dir, tmp_path):
     """`srl export gguf` killed without warning while it writes: nothing under the final name; its
     hidden temporaries are removed by the next export to that name, which then succeeds."""
     import os
@@ -186,10 +179,9 @@ def test_sigkill_during_export_leaves_no_build_and_the_next_export_sweeps_it(hf_
 
     out = tmp_path / "killed.gguf"
     log = (tmp_path / "export.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "srl_sdk.cli", "export", "gguf", str(hf_dir), "--quant", "q8_0", "--out", str(out),
-         "--threads", "1"], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    command = [sys.executable, "-m", "srl_sdk.cli", "export", "gguf", str(smollm2_hf_dir), "--quant", "q8_0",
+               "--out", str(out), "--threads", "1"]
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     def partial_bytes() -> int:
         return sum(p.stat().st_size for p in tmp_path.glob(f".{out.name}.{proc.pid}-*") if p.is_file())
@@ -211,7 +203,7 @@ def test_sigkill_during_export_leaves_no_build_and_the_next_export_sweeps_it(hf_
     # an export running beside the leftovers keeps its own temporaries (its PID is alive)
     mine = tmp_path / f".{out.name}.{os.getpid()}-inprogress.partial"
     mine.write_bytes(b"GGUF")
-    result = export_gguf(hf_dir, GGUFExportConfig(quant="q8_0", out=out, n_threads=2))
+    result = export_gguf(smollm2_hf_dir, GGUFExportConfig(quant="q8_0", out=out, n_threads=2))
     assert result.path == out and out.is_file()
     assert leftovers(tmp_path) == [mine.name]
     assert remove_dead_partials(out) == []

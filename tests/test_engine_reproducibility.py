@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from srl_sdk.core.format import THINK_OPEN, step_messages
-from srl_sdk.engines import SamplingParams, load_engine
+from srl_sdk.engines import SamplingParams
 from srl_sdk.engines.prefix import AlignedPrefix
 
 PROBLEM = (
@@ -31,21 +31,10 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(scope="module", params=["llama.cpp", "transformers", "onnx"])
-def engine(request, llama_engine):
-    if request.param == "llama.cpp":
-        yield llama_engine
-        return
-    if request.param == "transformers":
-        from srl_sdk.training.models import gguf_to_hf_dir
-
-        built = load_engine(str(gguf_to_hf_dir("smollm2")), "transformers", n_threads=2)
-    else:
-        from edge_builds import small_onnx
-
-        built = load_engine(small_onnx(), "onnx", n_threads=2, n_ctx=2048)
-    yield built
-    built.close()
+@pytest.fixture(scope="module")
+def engine(any_engine):
+    """Each in-process engine in turn (conftest.py: llama.cpp, transformers, onnxruntime, loaded once)."""
+    return any_engine
 
 
 def run(engine, prompt: str, params: SamplingParams) -> tuple[str, list[float]]:

@@ -17,8 +17,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-
-from srl_sdk.serving.process import ServerProcess
+from servers import serving
 
 pytestmark = pytest.mark.slow
 
@@ -26,36 +25,20 @@ EXAMPLES_PER_OPERATION = 30
 REQUEST_TIMEOUT_S = 60.0
 TOTAL_BUDGET_S = 240.0
 
-CONFIG = """\
-host: 127.0.0.1
-model: smollm2
-engine: llama.cpp
-engine_options: {{n_ctx: 1024, n_threads: 1}}
-store: {store}
-limits:
-  max_steps: 1
-  max_given_steps: 4
-  max_step_tokens: 3
-  max_total_tokens: 6
-  default_timeout_s: 20
-  max_timeout_s: 30
-  max_body_bytes: 8192
-reason: {{max_steps: 1, max_thought_tokens: 3, max_action_tokens: 3, max_total_tokens: 6, temperature: 0.0}}
-"""
+# every cap as small as the server allows: a valid request is answered within seconds
+TINY = {"limits": {"max_steps": 1, "max_given_steps": 4, "max_step_tokens": 3, "max_total_tokens": 6,
+                   "default_timeout_s": 20, "max_timeout_s": 30, "max_body_bytes": 8192},
+        "reason": {"max_steps": 1, "max_thought_tokens": 3, "max_action_tokens": 3, "max_total_tokens": 6}}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fuzz")
-    config = folder / "server.yaml"
-    config.write_text(CONFIG.format(store=folder / "traces.db"))
-    with ServerProcess(config, log=folder / "server.log") as process:
-        yield process, folder
+    with serving(tmp_path_factory.mktemp("fuzz"), **TINY) as started:
+        yield started
 
 
 def test_openapi_document_declares_the_request_bodies(server):
-    process, _ = server
-    doc = httpx.get(process.url + "/openapi.json", timeout=30).json()
+    doc = httpx.get(server.url + "/openapi.json", timeout=30).json()
     reason = doc["paths"]["/v1/reason"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "problem" in reason["properties"] and reason["additionalProperties"] is False
     chat = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -63,8 +46,7 @@ def test_openapi_document_declares_the_request_bodies(server):
 
 
 def test_no_5xx_and_no_hang_on_generated_requests(server):
-    process, folder = server
-    doc = httpx.get(process.url + "/openapi.json", timeout=30).json()
+    doc = httpx.get(server.url + "/openapi.json", timeout=30).json()
     schema = schemathesis.openapi.from_dict(doc)
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {f"{op.method.upper()} {op.path}" for op in operations}
@@ -85,9 +67,10 @@ def test_no_5xx_and_no_hang_on_generated_requests(server):
             def send(case) -> None:
                 if time.monotonic() - started > TOTAL_BUDGET_S:
                     return
+                label = f"{case.operation.method.upper()} {case.operation.path}"
                 counts[label] = counts.get(label, 0) + 1
                 try:
-                    response = case.call(base_url=process.url, session=session, timeout=REQUEST_TIMEOUT_S)
+                    response = case.call(base_url=server.url, session=session, timeout=REQUEST_TIMEOUT_S)
                 except requests.Timeout:
                     failures.append(f"{label} hung (> {REQUEST_TIMEOUT_S:.0f} s): {case.as_curl_command()}")
                     return
@@ -107,4 +90,4 @@ def test_no_5xx_and_no_hang_on_generated_requests(server):
     assert elapsed < TOTAL_BUDGET_S + 2 * REQUEST_TIMEOUT_S, "the fuzz run overran its budget"
     assert counts.get("POST /v1/reason", 0) >= 20, f"too few requests reached /v1/reason: {counts}"
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:20])
-    assert httpx.get(process.url + "/health", timeout=10).status_code == 200, "the server stopped answering"
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200, "the server stopped answering"

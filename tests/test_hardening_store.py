@@ -21,71 +21,33 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+from servers import SrlServer
 
 from srl_sdk.core.steps import Step, Trace
-from srl_sdk.serving.process import ServerProcess, free_port
+from srl_sdk.serving.process import free_port
 from srl_sdk.store import TraceStore
 
 pytestmark = pytest.mark.slow
 
 FSIZE_LIMIT = 48 * 1024  # bytes any one file of the server may reach: the store's WAL fills it fast
 PROBLEM = "Tom has 3 apples and buys 5 more. How many apples does he have?"
-CONFIG = """\
-host: 127.0.0.1
-model: smollm2
-engine: llama.cpp
-engine_options: {{n_ctx: 1024, n_threads: 1}}
-store: {store}
-log_level: error
-reason: {{max_steps: 1, max_thought_tokens: 4, max_action_tokens: 4, temperature: 0.0}}
-"""
 
 
-class LimitedServer(ServerProcess):
-    """`srl serve` whose processes may not write any file beyond FSIZE_LIMIT bytes (a full disk)."""
+def limit_file_size() -> None:
+    """Run in the server's first process, inherited by all: a soft limit only, so that the test can
+    raise it again later ("free the disk")."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, resource.RLIM_INFINITY))
 
-    def start(self) -> "LimitedServer":
-        command = [sys.executable, "-m", "srl_sdk.cli", "serve", "--config", str(self.config), "--port", str(self.port)]
 
-        def limit_file_size() -> None:  # soft limit only: the test raises it again later ("frees the disk")
-            resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, resource.RLIM_INFINITY))
-
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env=self.env, start_new_session=True, preexec_fn=limit_file_size)
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"srl serve exited with {self.process.returncode} while starting"
-            try:
-                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise AssertionError("srl serve did not become healthy under the file-size limit")
-
-    def pids(self) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[2]) == self.process.pid:
-                    found.append(int(entry.name))
-        return found
-
-    def free_the_disk(self) -> None:
-        for pid in self.pids():
-            try:
-                resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-            except ProcessLookupError:
-                pass
+def free_the_disk(server: SrlServer) -> None:
+    for pid in server.group_pids():
+        try:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except ProcessLookupError:
+            pass
 
 
 def old_traces(n: int) -> list[Trace]:
@@ -99,17 +61,16 @@ def reason(url: str) -> httpx.Response:
     return httpx.post(url + "/v1/reason", json={"problem": PROBLEM, "stream": False}, timeout=120)
 
 
-def test_full_disk_gives_a_clear_503_keeps_serving_and_loses_nothing(tmp_path):
+def test_full_disk_gives_a_clear_503_keeps_serving_and_loses_nothing(srl_server, tmp_path):
     store_path = tmp_path / "traces.db"
     before = old_traces(3)
     store = TraceStore(store_path)
     for trace in before:
         store.save(trace)
     store.close()  # the last connection checkpoints the WAL into the main file
-    config = tmp_path / "server.yaml"
-    config.write_text(CONFIG.format(store=store_path))
-    server = LimitedServer(config, port=free_port())
-    server.start()
+    # its log is limited too, but at log_level error it stays a few kB
+    server = srl_server(preexec_fn=limit_file_size, store=str(store_path), log_level="error", limits=None,
+                        reason={"max_steps": 1, "max_thought_tokens": 4, "max_action_tokens": 4})
     stored_by_server: list[str] = []
     try:
         failure = None
@@ -139,12 +100,12 @@ def test_full_disk_gives_a_clear_503_keeps_serving_and_loses_nothing(tmp_path):
         listed = httpx.get(server.url + "/v1/traces?limit=100", timeout=30).json()["data"]
         assert {t.id for t in before} <= {row["id"] for row in listed}
 
-        server.free_the_disk()
+        free_the_disk(server)
         recovered = reason(server.url)
         assert recovered.status_code == 200, f"the server did not recover once space was back: {recovered.text}"
         stored_by_server.append(recovered.json()["id"])
     finally:
-        assert server.stop(), "the server did not stop cleanly after the store failures"
+        server.stop_and_check()  # cleanly, after the store failures
     conn = sqlite3.connect(store_path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()

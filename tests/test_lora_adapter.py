@@ -55,13 +55,13 @@ MAX_TOP1_BASE_VS_ADAPTED = 0.95  # the adapter must change the model for the che
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(smollm2_hf_dir, tmp_path_factory):
     """A random-B PEFT adapter, the prompts' token ids, and transformers' base and merged logits."""
-    from srl_sdk.training.models import cap_torch_threads, gguf_to_hf_dir, load_causal_lm, load_tokenizer
+    from srl_sdk.engines.hf_folder import cap_torch_threads, load_causal_lm, load_tokenizer
 
     cap_torch_threads(1)
     root = tmp_path_factory.mktemp("lora")
-    hf_dir = gguf_to_hf_dir("smollm2")
+    hf_dir = smollm2_hf_dir
     tokenizer = load_tokenizer(hf_dir)
     ids = []
     for prompt in PROMPTS:
@@ -187,7 +187,7 @@ def test_a_chain_of_stage_adapters_becomes_one_exact_lora(lab, f16_base, f16_lla
     """`srl train` stages: warm-up adapter -> merged final/ -> the next stage's adapter on that final/.
     Exported from the last adapter, the file holds both deltas (rank 16 + 8, stage 2 on fewer weights)."""
     from srl_sdk.edge.lora_gguf import export_lora_gguf
-    from srl_sdk.training.models import load_causal_lm
+    from srl_sdk.engines.hf_folder import load_causal_lm
 
     root = lab["root"] / "run"
     stage1 = random_lora(load_causal_lm(lab["hf_dir"]), r=16, alpha=32, targets=TARGETS, seed=2)

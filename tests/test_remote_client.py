@@ -15,6 +15,7 @@ import threading
 
 import httpx
 import pytest
+from servers import Exactly, serving
 
 from srl_sdk.client import AsyncReasoner, Reasoner
 from srl_sdk.core.steps import Step, Trace
@@ -26,36 +27,19 @@ from srl_sdk.errors import (
     NotFoundError,
     RequestValidationError,
 )
-from srl_sdk.serving.process import ServerProcess, free_port, port_is_free
+from srl_sdk.serving.process import free_port
 
 pytestmark = pytest.mark.slow
 
 KEY = "test-key-0123456789"
 PROBLEM = "Tom has 3 apples and buys 5 more. How many apples does he have?"
 
-CONFIG = """\
-host: 127.0.0.1
-model: smollm2
-engine_options: {{n_ctx: 1024, n_threads: 1}}
-store: {store}
-api_keys: ["{key}"]
-limits: {{max_total_tokens: 4096}}
-reason: {{max_steps: 2, max_thought_tokens: 24, max_action_tokens: 24}}
-"""
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("remote")
-    config = folder / "server.yaml"
-    config.write_text(CONFIG.format(store=folder / "traces.db", key=KEY))
-    process = ServerProcess(config, log=folder / "server.log", env={"SRL_API_KEYS": ""})
-    process.start()
-    try:
-        yield process
-    finally:
-        assert process.stop(), "the server did not stop cleanly on SIGTERM"
-        assert not process.group_alive() and port_is_free(process.port)
+    # the engine and the sampling are the server's defaults (no engine, no temperature given)
+    with serving(tmp_path_factory.mktemp("remote"), env={"SRL_API_KEYS": ""}, api_keys=[KEY], engine=None,
+                 limits=Exactly(max_total_tokens=4096), reason={"temperature": None}) as started:
+        yield started
 
 
 def test_remote_reasoner_streams_the_same_step_objects(server):

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from srl_sdk.serving.process import ServerProcess
+from servers import serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = "security-test-key-0123"
@@ -156,23 +155,11 @@ def test_repository_source_has_no_unsafe_loading_eval_or_remote_code_default():
 
 
 # -- live server with a key ----------------------------------------------------------------------
-CONFIG = """\
-host: 127.0.0.1
-model: smollm2
-engine: llama.cpp
-engine_options: {{n_ctx: 1024, n_threads: 1}}
-store: {store}
-api_keys: ["{key}"]
-reason: {{max_steps: 1, max_thought_tokens: 4, max_action_tokens: 4, temperature: 0.0}}
-"""
-
-
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("secure")
-    config = folder / "server.yaml"
-    config.write_text(CONFIG.format(store=folder / "traces.db", key=KEY))
-    with ServerProcess(config, log=folder / "server.log") as server:
+    with serving(folder, api_keys=[KEY], limits=None,
+                 reason={"max_steps": 1, "max_thought_tokens": 4, "max_action_tokens": 4}) as server:
         yield server, folder
 
 

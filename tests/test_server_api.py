@@ -1,23 +1,21 @@
 """The streaming step server, for real: `srl serve` on 127.0.0.1 with SmolLM2 on llama.cpp.
 
-One server process for the whole module (started once, stopped with SIGTERM at the end, and then
-checked to have left nothing behind). Small step and token caps keep each request to seconds.
+One server process for the whole module (tests/servers.py: started once, stopped with SIGTERM at the
+end, and then checked to have left nothing behind). Small step and token caps keep each request to seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import time
 
 import httpx
 import openai
 import pytest
-from httpx_sse import EventSource, connect_sse
+from httpx_sse import connect_sse
+from servers import post_reason, serving
 
 from srl_sdk.core.steps import Step, Trace
-from srl_sdk.serving.process import ServerProcess, port_is_free
 from srl_sdk.store import TraceStore
 
 pytestmark = pytest.mark.slow
@@ -30,53 +28,11 @@ PROBLEMS = [
     "Sara had 20 dollars and spent 8. How much money is left?",
 ]
 
-CONFIG = """\
-host: 127.0.0.1
-model: smollm2
-engine: llama.cpp
-engine_options: {{n_ctx: 1024, n_threads: 1}}
-store: {store}
-log_level: warning
-limits:
-  max_steps: 16
-  max_step_tokens: 128
-  max_total_tokens: 4096
-  resume_grace_s: 1  # a client that left is cancelled after 1 s (tests/test_server_lifecycle.py resumes)
-reason:
-  max_steps: 2
-  max_thought_tokens: 24
-  max_action_tokens: 24
-  temperature: 0.0
-"""
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("server")
-    store = folder / "traces.db"
-    config = folder / "server.yaml"
-    config.write_text(CONFIG.format(store=store))
-    process = ServerProcess(config, log=folder / "server.log")
-    process.start()
-    try:
-        yield process, store
-    finally:
-        clean = process.stop()
-        assert clean, f"the server did not stop on SIGTERM; log: {(folder / 'server.log').read_text()[-3000:]}"
-        assert not process.group_alive(), "a server process outlived SIGTERM"
-        assert port_is_free(process.port), "something still holds the server's port"
-
-
-def events_of(response: httpx.Response) -> list:
-    return list(EventSource(response).iter_sse())
-
-
-def post_reason(url: str, body: dict, **headers) -> list:
-    with httpx.Client(timeout=180) as client:
-        with connect_sse(client, "POST", url + "/v1/reason", json=body, headers=headers) as source:
-            assert source.response.status_code == 200
-            assert source.response.headers["content-type"].startswith("text/event-stream")
-            return list(source.iter_sse())
+    # a client that left is cancelled after 1 s (tests/test_server_lifecycle.py resumes)
+    with serving(tmp_path_factory.mktemp("server"), limits={"resume_grace_s": 1}) as started:
+        yield started
 
 
 def check_ids(events: list, trace_id: str) -> None:
@@ -91,11 +47,10 @@ def check_ids(events: list, trace_id: str) -> None:
 
 
 def test_health_models_metrics(server):
-    process, _ = server
-    assert httpx.get(process.url + "/health").status_code == 200
-    models = httpx.get(process.url + "/v1/models").json()
+    assert httpx.get(server.url + "/health").status_code == 200
+    models = httpx.get(server.url + "/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["smollm2"]
-    metrics = httpx.get(process.url + "/metrics")
+    metrics = httpx.get(server.url + "/metrics")
     assert metrics.status_code == 200
     assert "srl_requests_total" in metrics.text
     # llama.cpp serves one sequence at a time: it publishes no scheduler gauges
@@ -107,16 +62,21 @@ def test_engine_gauges_render_per_worker_and_survive_a_gone_manager():
 
     from srl_sdk.serving import metrics
 
-    published = {"101": {"requests_running": 3, "requests_running_peak": 4}, "202": {"requests_running": 1}}
+    # what two workers publish, keyed by LitServe's worker index (worker.StepAPI._figures)
+    published = {"1": {"device": "cpu", "slots": 8, "running": 1, "runs": 5, "steps": 9, "tokens": 301,
+                       "engine": {"requests_running": 1}},
+                 "0": {"device": "cpu", "slots": 8, "running": 2, "runs": 7, "steps": 11, "tokens": 101,
+                       "engine": {"requests_running": 3, "requests_running_peak": 4}}}
     body, content_type = metrics.render(published)
     assert content_type.startswith("text/plain")
     samples = {(s.name, s.labels.get("worker")): s.value
                for family in text_string_to_metric_families(body.decode()) for s in family.samples}
-    # workers are labelled by rank, not by process id (no PIDs in responses)
     assert samples[("srl_engine_requests_running", "0")] == 3
     assert samples[("srl_engine_requests_running", "1")] == 1
     assert samples[("srl_engine_requests_running_peak", "0")] == 4
-    assert "101" not in body.decode() and "202" not in body.decode()
+    assert samples[("srl_worker_streams_running", "0")] == 2 and samples[("srl_worker_streams_running", "1")] == 1
+    assert samples[("srl_worker_runs_total", "1")] == 5 and samples[("srl_worker_tokens_total", "1")] == 301
+    assert samples[("srl_worker_info", "0")] == 1
 
     class GoneManager:
         def items(self):
@@ -126,12 +86,11 @@ def test_engine_gauges_render_per_worker_and_survive_a_gone_manager():
             raise ConnectionError("manager stopped")
 
     body, _ = metrics.render(GoneManager())  # a scrape while the server stops still answers
-    assert b"srl_engine_" not in body and b"srl_requests_total" in body
+    assert b"srl_engine_" not in body and b"srl_worker_" not in body and b"srl_requests_total" in body
 
 
 def test_reason_streams_tokens_steps_and_done(server):
-    process, store = server
-    events = post_reason(process.url, {"problem": PROBLEM, "tokens": True})
+    events = post_reason(server.url, {"problem": PROBLEM, "tokens": True})
     kinds = [e.event for e in events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
     assert "token" in kinds and "step" in kinds
@@ -149,58 +108,55 @@ def test_reason_streams_tokens_steps_and_done(server):
                            and json.loads(e.data)["step_index"] == 1)
     assert thought_text.strip() == steps[0].thought
     # audit: the same trace, stored with request, model and engine, fetched back by id
-    fetched = httpx.get(f"{process.url}/v1/traces/{trace.id}").json()
+    fetched = httpx.get(f"{server.url}/v1/traces/{trace.id}").json()
     assert Trace.model_validate(fetched) == trace
     assert trace.engine == "llama.cpp" and trace.model
     assert trace.request["endpoint"] == "/v1/reason" and trace.request["body"]["problem"] == PROBLEM
-    assert TraceStore(store).get(trace.id) == trace
+    assert TraceStore(server.store).get(trace.id) == trace
 
 
 def test_reason_without_stream_and_with_given_steps(server):
-    process, _ = server
     given = "In May Natalia sold 48 / 2 = 24 clips."
-    response = httpx.post(process.url + "/v1/reason", timeout=180,
+    response = httpx.post(server.url + "/v1/reason", timeout=180,
                           json={"problem": PROBLEM, "steps": [given], "stream": False, "limits": {"max_steps": 1}})
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     trace = Trace.model_validate(response.json())
     assert trace.steps[0].source == "given" and trace.steps[0].action == given
     assert len([s for s in trace.steps if s.source == "model"]) <= 1
     assert trace.finish_reason in ("max_steps", "final_answer", "repeated_step", "stop", "length")
-    listed = httpx.get(process.url + "/v1/traces", params={"limit": 50}).json()["data"]
+    listed = httpx.get(server.url + "/v1/traces", params={"limit": 50}).json()["data"]
     assert trace.id in [row["id"] for row in listed]
 
 
 def test_resume_with_last_event_id_replays_from_the_store(server):
-    process, _ = server
-    events = post_reason(process.url, {"problem": PROBLEMS[1]})
+    events = post_reason(server.url, {"problem": PROBLEMS[1]})
     trace = Trace.model_validate_json(events[-1].data)
     steps = [e for e in events if e.event == "step"]
     with httpx.Client(timeout=60) as client:
-        with connect_sse(client, "GET", f"{process.url}/v1/traces/{trace.id}/events",
+        with connect_sse(client, "GET", f"{server.url}/v1/traces/{trace.id}/events",
                          headers={"Last-Event-ID": f"{trace.id}:0"}) as source:
             replay = list(source.iter_sse())
         assert [(e.event, e.id, e.data) for e in replay[:-1]] == [(e.event, e.id, e.data) for e in steps]
         assert replay[-1].event == "done" and Trace.model_validate_json(replay[-1].data) == trace
-        with connect_sse(client, "GET", f"{process.url}/v1/traces/{trace.id}/events",
+        with connect_sse(client, "GET", f"{server.url}/v1/traces/{trace.id}/events",
                          headers={"Last-Event-ID": steps[0].id}) as source:
             after_first = list(source.iter_sse())
         assert [e.id for e in after_first] == [e.id for e in steps[1:]] + [f"{trace.id}:end"]
         # the same header on POST /v1/reason resumes instead of starting a new run
-        with connect_sse(client, "POST", f"{process.url}/v1/reason", json={"problem": "ignored"},
+        with connect_sse(client, "POST", f"{server.url}/v1/reason", json={"problem": "ignored"},
                          headers={"Last-Event-ID": f"{trace.id}:end"}) as source:
             assert list(source.iter_sse()) == []
 
 
 def test_official_openai_client_non_streaming(server):
-    process, _ = server
-    client = openai.OpenAI(base_url=process.url + "/v1", api_key="not-needed", timeout=180, max_retries=0)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", timeout=180, max_retries=0)
     reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": PROBLEM}],
                                            extra_body={"max_steps": 1})
     choice = reply.choices[0]
     assert reply.id.startswith("chatcmpl-") and reply.object == "chat.completion"
     extra = choice.message.model_extra
     trace_id = reply.model_extra["srl"]["trace_id"]
-    trace = Trace.model_validate(httpx.get(f"{process.url}/v1/traces/{trace_id}").json())
+    trace = server.trace(trace_id)
     assert choice.message.content == trace.steps[0].action
     assert extra["reasoning_content"] == extra["reasoning"] == trace.steps[0].thought
     expected = "length" if trace.finish_reason in ("max_steps", "length", "timeout") else "stop"
@@ -211,8 +167,7 @@ def test_official_openai_client_non_streaming(server):
 
 
 def test_official_openai_client_streaming_with_reasoning_and_logprobs(server):
-    process, _ = server
-    client = openai.OpenAI(base_url=process.url + "/v1", api_key="not-needed", timeout=180, max_retries=0)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", timeout=180, max_retries=0)
     stream = client.chat.completions.create(
         model="smollm2", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROBLEM}],
         stream=True, logprobs=True, stream_options={"include_usage": True}, extra_body={"max_steps": 2},
@@ -228,7 +183,7 @@ def test_official_openai_client_streaming_with_reasoning_and_logprobs(server):
         assert chunk.choices[0].logprobs.content[0].logprob <= 0.0  # logprobs on reasoning chunks too
     last = chunks[-1]
     srl = last.model_extra["srl"]
-    trace = Trace.model_validate(httpx.get(f"{process.url}/v1/traces/{srl['trace_id']}").json())
+    trace = server.trace(srl["trace_id"])
     assert last.choices[0].finish_reason == ("length" if trace.finish_reason in ("max_steps", "length") else "stop")
     assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert last.usage.completion_tokens == trace.usage["completion_tokens"]
@@ -239,22 +194,8 @@ def test_official_openai_client_streaming_with_reasoning_and_logprobs(server):
 
 
 def test_four_concurrent_streams_all_complete_correctly(server):
-    process, store = server
-
-    async def one(client: httpx.AsyncClient, problem: str):
-        from httpx_sse import aconnect_sse
-
-        async with aconnect_sse(client, "POST", process.url + "/v1/reason",
-                                json={"problem": problem, "limits": {"max_steps": 1}}) as source:
-            assert source.response.status_code == 200
-            return [e async for e in source.aiter_sse()]
-
-    async def all_four():
-        async with httpx.AsyncClient(timeout=240) as client:
-            return await asyncio.gather(*(one(client, p) for p in PROBLEMS))
-
     started = time.monotonic()
-    results = asyncio.run(all_four())
+    results = server.reason_concurrently(PROBLEMS, timeout_s=240)
     elapsed = time.monotonic() - started
     ids = set()
     produced = 0
@@ -266,59 +207,39 @@ def test_four_concurrent_streams_all_complete_correctly(server):
         streamed = [Step.model_validate_json(e.data) for e in events if e.event == "step"]
         assert streamed == trace.steps and len(streamed) <= 1
         assert [s.index for s in streamed] == list(range(1, len(streamed) + 1))
-        assert TraceStore(store).get(trace.id) == trace
+        assert TraceStore(server.store).get(trace.id) == trace
         ids.add(trace.id)
         produced += len(streamed)
     assert len(ids) == 4 and produced >= 3
     print(f"4 concurrent one-step streams: {elapsed:.1f} s")
 
 
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_client_disconnect_cancels_the_run(server):
-    process, _ = server
-    before = metric(process.url, "srl_streams_cancelled_total")
-    body = {"problem": PROBLEMS[2], "tokens": True,
-            "limits": {"max_steps": 12, "max_thought_tokens": 128, "max_action_tokens": 128}}
-    with httpx.Client(timeout=120) as client:
-        with connect_sse(client, "POST", process.url + "/v1/reason", json=body) as source:
-            first = next(iter(source.iter_sse()))
-            assert first.event == "token"
-            trace_id = first.id.rpartition(":")[0]
-        # leaving the `with` closed the connection mid-thought
-    deadline = time.monotonic() + 60
-    trace = None
-    while time.monotonic() < deadline:
-        trace = Trace.model_validate(httpx.get(f"{process.url}/v1/traces/{trace_id}").json())
-        if trace.finish_reason is not None:
-            break
-        time.sleep(0.2)
-    assert trace is not None and trace.finish_reason == "cancelled", trace
+    before = server.metric("srl_streams_cancelled_total")
+    trace_id = server.leave_after_first_token(
+        {"problem": PROBLEMS[2], "limits": {"max_steps": 12, "max_thought_tokens": 128, "max_action_tokens": 128}})
+    trace = server.wait_finished(trace_id)
+    assert trace.finish_reason == "cancelled", trace
     assert len(trace.steps) < 12
-    assert metric(process.url, "srl_streams_cancelled_total") == before + 1
+    assert server.metric("srl_streams_cancelled_total") == before + 1
     # the engine is free again: the next request is served promptly
     started = time.monotonic()
-    response = httpx.post(process.url + "/v1/reason", timeout=120,
+    response = httpx.post(server.url + "/v1/reason", timeout=120,
                           json={"problem": PROBLEM, "stream": False, "limits": {"max_steps": 1}})
     assert response.status_code == 200
     assert time.monotonic() - started < 60
 
 
 def test_client_leaving_a_non_streamed_request_cancels_it_too(server):
-    process, store = server
-    before = TraceStore(store).count()
+    before = TraceStore(server.store).count()
     body = {"problem": PROBLEMS[3], "stream": False,
             "limits": {"max_steps": 12, "max_thought_tokens": 128, "max_action_tokens": 128}}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(process.url + "/v1/reason", json=body, timeout=httpx.Timeout(1.5, connect=5))
+        httpx.post(server.url + "/v1/reason", json=body, timeout=httpx.Timeout(1.5, connect=5))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        rows = TraceStore(store).list(limit=1)
-        if TraceStore(store).count() > before and rows[0].finish_reason is not None:
+        rows = TraceStore(server.store).list(limit=1)
+        if TraceStore(server.store).count() > before and rows[0].finish_reason is not None:
             break
         time.sleep(0.2)
     assert rows[0].problem == PROBLEMS[3] and rows[0].finish_reason == "cancelled"
@@ -342,13 +263,12 @@ BAD_REASON_BODIES = [
 
 @pytest.mark.parametrize("name,body,status", BAD_REASON_BODIES, ids=[b[0] for b in BAD_REASON_BODIES])
 def test_bad_reason_bodies_get_a_4xx_json_error(server, name, body, status):
-    process, store = server
-    before = TraceStore(store).count()
-    response = httpx.post(process.url + "/v1/reason", content=body, headers={"Content-Type": "application/json"})
+    before = TraceStore(server.store).count()
+    response = httpx.post(server.url + "/v1/reason", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["message"] and error["type"]
-    assert TraceStore(store).count() == before, "a refused request must not create a trace"
+    assert TraceStore(server.store).count() == before, "a refused request must not create a trace"
 
 
 BAD_OTHER = [
@@ -371,40 +291,36 @@ BAD_OTHER = [
 
 @pytest.mark.parametrize("name,method,path,body,headers,status", BAD_OTHER, ids=[b[0] for b in BAD_OTHER])
 def test_bad_requests_elsewhere_get_a_4xx_json_error(server, name, method, path, body, headers, status):
-    process, _ = server
-    response = httpx.request(method, process.url + path, json=body, headers=headers)
+    response = httpx.request(method, server.url + path, json=body, headers=headers)
     assert response.status_code == status, response.text
     assert response.json()["error"]["message"]
 
 
 def test_server_keeps_serving_after_bad_input(server):
-    process, _ = server
-    assert httpx.get(process.url + "/health").status_code == 200
-    assert metric(process.url, 'srl_rejected_requests_total{status="422"}') >= 1
+    assert httpx.get(server.url + "/health").status_code == 200
+    assert server.metric('srl_rejected_requests_total{status="422"}') >= 1
 
 
 def test_engine_failure_ends_the_stream_with_an_error_event_and_is_recorded(server):
     """A problem longer than the context (n_ctx 1024) makes the engine refuse the prompt."""
-    process, store = server
     long_problem = "Count the apples. " + "There is one more apple in the basket. " * 450
-    events = post_reason(process.url, {"problem": long_problem})
+    events = post_reason(server.url, {"problem": long_problem})
     assert [e.event for e in events] == ["error"]
     error = json.loads(events[0].data)
     assert error["type"] == "ContextOverflowError" and "context" in error["message"] and error["status"] == 400
     trace_id = events[0].id.removesuffix(":end")
-    trace = TraceStore(store).get(trace_id)
+    trace = TraceStore(server.store).get(trace_id)
     assert trace.finish_reason == "error" and trace.meta["error"]["type"] == "ContextOverflowError"
-    response = httpx.post(process.url + "/v1/reason", json={"problem": long_problem, "stream": False})
+    response = httpx.post(server.url + "/v1/reason", json={"problem": long_problem, "stream": False})
     assert response.status_code == 400 and "context" in response.json()["error"]["message"]
-    client = openai.OpenAI(base_url=process.url + "/v1", api_key="not-needed", timeout=60, max_retries=0)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", timeout=60, max_retries=0)
     with pytest.raises(openai.APIError, match="context"):
         list(client.chat.completions.create(model="smollm2", stream=True,
                                             messages=[{"role": "user", "content": long_problem}]))
 
 
 def test_wall_clock_cap_stops_a_run(server):
-    process, _ = server
-    response = httpx.post(process.url + "/v1/reason", timeout=60, json={
+    response = httpx.post(server.url + "/v1/reason", timeout=60, json={
         "problem": PROBLEM, "stream": False,
         "limits": {"timeout_s": 0.5, "max_steps": 12, "max_thought_tokens": 128}})
     trace = Trace.model_validate(response.json())

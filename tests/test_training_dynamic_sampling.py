@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from srl_sdk.training.dynamic_sampling import SRLConfig, SRLTrainer, group_keep_mask
-from srl_sdk.training.models import gguf_to_hf_dir, load_causal_lm, load_tokenizer
+from srl_sdk.engines.hf_folder import load_causal_lm, load_tokenizer
 from srl_sdk.training.reports import METRICS_FILE, MetricsJsonlCallback, read_metrics
 
 
@@ -41,11 +41,11 @@ def flat_or_varied(completions, kind, **_):
     return [0.5 if k == "flat" else float(i % 2) for i, k in enumerate(kind)]
 
 
-def test_filtered_groups_give_no_gradient_and_the_batch_is_refilled(tmp_path) -> None:
+def test_filtered_groups_give_no_gradient_and_the_batch_is_refilled(smollm2_hf_dir, tmp_path) -> None:
     from datasets import Dataset
     from peft import LoraConfig
 
-    hf_dir = gguf_to_hf_dir("smollm2")
+    hf_dir = smollm2_hf_dir
     torch.set_num_threads(1)
     tokenizer = load_tokenizer(hf_dir)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say a number."}], add_generation_prompt=True, tokenize=False)

@@ -31,7 +31,7 @@ from srl_sdk.core.format import THINK_OPEN, step_messages
 from srl_sdk.core.generate import GenerateConfig, write_dataset
 from srl_sdk.core.instances import StepRange
 from srl_sdk.training.data import DataConfig, chat_prompt_renderer, load_trajectories, srl_examples
-from srl_sdk.training.models import load_causal_lm, load_tokenizer
+from srl_sdk.engines.hf_folder import load_causal_lm, load_tokenizer
 from srl_sdk.training.recipe import TrainRecipe
 from srl_sdk.training.reports import METRICS_FILE, read_metrics
 from srl_sdk.training.rewards import score_step

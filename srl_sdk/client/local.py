@@ -1,18 +1,23 @@
-"""The local backend of Reasoner: a driver over an in-process engine, traces saved to the store."""
+"""The local backend of Reasoner: a driver over an in-process engine, traces saved to its store.
+
+It implements client/backend.py's Backend protocol; traces are read back from the same store.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from pydantic import ValidationError
 
 from srl_sdk.core.steps import Step, Trace
 from srl_sdk.engines import Engine, load_engine
+from srl_sdk.engines.base import iterate_in_thread
+from srl_sdk.errors import InputError, StoreError
 from srl_sdk.reasoning.driver import Driver, Finished, ReasonConfig
-from srl_sdk.errors import InputError
 from srl_sdk.store.sqlite import TraceStore
 
 
@@ -27,6 +32,8 @@ def merge_config(base: ReasonConfig, overrides: dict[str, Any]) -> ReasonConfig:
 
 
 class LocalBackend:
+    """Runs the driver here; `store` is where traces are saved and read back (None: store=False)."""
+
     def __init__(
         self,
         model: str,
@@ -68,18 +75,22 @@ class LocalBackend:
         overrides: dict[str, Any],
     ) -> AsyncIterator[Step | Trace]:
         cancel = threading.Event()
-        iterator = self.run(problem, steps, overrides, cancel)
-        done = object()
-        try:
-            while True:
-                item = await asyncio.to_thread(next, iterator, done)
-                if item is done:
-                    return
-                yield item  # type: ignore[misc]
-        finally:
-            cancel.set()
-            await asyncio.to_thread(iterator.close)
+        # aclosing: when this stream is closed, the bridge stops the driver at once, not at garbage collection
+        async with aclosing(iterate_in_thread(self.run(problem, steps, overrides, cancel), cancel)) as items:
+            async for item in items:
+                yield item
+
+    def get_trace(self, trace_id: str) -> Trace:
+        if self.store is None:
+            raise StoreError("this Reasoner has no trace store (store=False)")
+        return self.store.get(trace_id)
+
+    async def aget_trace(self, trace_id: str) -> Trace:
+        return await asyncio.to_thread(self.get_trace, trace_id)
 
     def close(self) -> None:
         if self._owns_engine:
             self.engine.close()
+
+    async def aclose(self) -> None:
+        self.close()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from srl_sdk.client.backend import Backend
 from srl_sdk.core.steps import Step, Trace
 from srl_sdk.engines.models import DEFAULT_MODEL
 from srl_sdk.reasoning.driver import ReasonConfig
 from srl_sdk.store.sqlite import TraceStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from srl_sdk.core.compare import Comparison
 
 StoreArg = TraceStore | str | os.PathLike[str] | bool | None
 
@@ -29,13 +32,15 @@ def _open_store(store: StoreArg) -> TraceStore | None:
         return None
     if store is None or store is True:
         return TraceStore()
-    if isinstance(store, TraceStore):
+    if not isinstance(store, (str, os.PathLike)):  # an open store (SQLite or PostgreSQL)
         return store
-    return TraceStore(Path(store))
+    from srl_sdk.store.factory import open_store
+
+    return open_store(store)  # a file path, or a postgresql:// URL
 
 
 def _make_backend(model: str, engine: Any, config: ReasonConfig | None, store: StoreArg, api_key: str | None,
-                  timeout: float | None, engine_options: dict[str, Any] | None):
+                  timeout: float | None, engine_options: dict[str, Any] | None) -> Backend:
     if _is_url(model):
         from srl_sdk.client.remote import RemoteBackend
 
@@ -110,7 +115,8 @@ class _ReasonerBase:
 
     @property
     def store(self) -> TraceStore | None:
-        return getattr(self._backend, "store", None)
+        """The store this process saves traces to (None for a remote model or store=False)."""
+        return self._backend.store
 
     @classmethod
     def local(cls, model: str | os.PathLike[str] = DEFAULT_MODEL, **kwargs: Any):
@@ -145,13 +151,23 @@ class Reasoner(_ReasonerBase):
         return self.solve(problem, steps=steps, **settings)
 
     def get_trace(self, trace_id: str) -> Trace:
-        if self.is_remote:
-            return self._backend.get_trace(trace_id)
-        if self.store is None:
-            from srl_sdk.errors import StoreError
+        """A stored trace: from this process's store, or the server's for a remote model."""
+        return self._backend.get_trace(trace_id)
 
-            raise StoreError("this Reasoner has no trace store (store=False)")
-        return self.store.get(trace_id)
+    def compare(self, trace: Trace | str, expert_steps: Sequence[str] | str, *, expert_answer: str | None = None,
+                step_lines: str | None = None) -> "Comparison":
+        """The trace (or its id) beside the expert's steps (a list, or a solution's text cut like
+        training data): per step the SRL reward's similarity, and whether the answer is right.
+        Computed here by `core.compare.compare_trace`, the function the server's
+        POST /v1/traces/{id}/compare and the trace viewer use."""
+        from srl_sdk.core.compare import compare_trace, expert_from_text
+
+        if isinstance(trace, str):
+            trace = self.get_trace(trace)
+        if isinstance(expert_steps, str):
+            expert_steps, found = expert_from_text(expert_steps)
+            expert_answer = expert_answer if expert_answer is not None else found
+        return compare_trace(trace, list(expert_steps), expert_answer=expert_answer, step_lines=step_lines)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._backend.close()
@@ -180,22 +196,10 @@ class AsyncReasoner(_ReasonerBase):
         return await self.solve(problem, steps=steps, **settings)
 
     async def get_trace(self, trace_id: str) -> Trace:
-        if self.is_remote:
-            return await self._backend.aget_trace(trace_id)
-        import asyncio
-
-        if self.store is None:
-            from srl_sdk.errors import StoreError
-
-            raise StoreError("this AsyncReasoner has no trace store (store=False)")
-        return await asyncio.to_thread(self.store.get, trace_id)
+        return await self._backend.aget_trace(trace_id)
 
     async def aclose(self) -> None:
-        closer = getattr(self._backend, "aclose", None)
-        if closer is not None:
-            await closer()
-        else:
-            self._backend.close()
+        await self._backend.aclose()
 
     async def __aenter__(self) -> "AsyncReasoner":
         return self

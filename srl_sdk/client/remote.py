@@ -23,6 +23,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ from httpx_sse import EventSource, ServerSentEvent
 from srl_sdk.core.steps import Step, Trace
 from srl_sdk.errors import APIConnectionError, APIError, APITimeoutError, InputError, status_error
 from srl_sdk.reasoning.driver import ReasonConfig
+from srl_sdk.store.sqlite import TraceStore
 
 DEFAULT_READ_TIMEOUT_S = 300.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -38,6 +40,7 @@ MAX_RETRIES = 2
 BACKOFF_S = 0.5
 CANCEL_TIMEOUT_S = 5.0
 TRACE_ID_HEADER = "x-srl-trace-id"  # the server names the run before its first event
+_JSON = {"Accept": "application/json"}
 
 _LIMIT_FIELDS = ("max_steps", "max_thought_tokens", "max_action_tokens", "max_total_tokens", "timeout_s")
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
@@ -84,6 +87,12 @@ def _error_from_response(response: httpx.Response) -> APIError:
     except (ValueError, AttributeError):
         body, message = response.text, response.text or response.reason_phrase
     return status_error(response.status_code, str(message), body)
+
+
+def _trace_from(response: httpx.Response) -> Trace:
+    if response.status_code >= 400:
+        raise _error_from_response(response)
+    return Trace.model_validate_json(response.content)
 
 
 def _decode(event: ServerSentEvent) -> Step | Trace | None:
@@ -166,7 +175,11 @@ class _StreamState:
 
 
 class RemoteBackend:
-    """Talks to `srl serve`. Used by Reasoner / AsyncReasoner when the model is an http(s) URL."""
+    """Talks to `srl serve`. Used by Reasoner / AsyncReasoner when the model is an http(s) URL.
+
+    It implements client/backend.py's Backend protocol; traces live in the server's store."""
+
+    store: TraceStore | None = None  # this process keeps none
 
     def __init__(
         self,
@@ -209,6 +222,9 @@ class RemoteBackend:
         """None to retry; else the typed error to raise."""
         if attempts <= self.max_retries and not isinstance(exc, httpx.ReadTimeout):
             return None
+        return self._transport_error(exc)
+
+    def _transport_error(self, exc: httpx.TransportError) -> APIError:
         if isinstance(exc, httpx.TimeoutException):
             return APITimeoutError(
                 f"{self.url} did not answer in time ({exc!r}); raise the client timeout (timeout=...) "
@@ -246,25 +262,29 @@ class RemoteBackend:
                 except httpx.TransportError as exc:
                     time.sleep(state.retry_delay(exc))
         finally:
-            if state.run_to_cancel():
-                self._cancel_run(state.run_to_cancel())
+            if (trace_id := state.run_to_cancel()) is not None:
+                self._cancel_run(trace_id)
 
     def _cancel_run(self, trace_id: str) -> None:
         """Best effort: the server would otherwise keep the run for its resume grace period."""
         try:
-            self.client.post(f"{self.url}/v1/traces/{trace_id}/cancel", timeout=CANCEL_TIMEOUT_S,
-                             headers={"Accept": "application/json"})
+            self.client.post(f"{self.url}/v1/traces/{trace_id}/cancel", timeout=CANCEL_TIMEOUT_S, headers=_JSON)
         except httpx.HTTPError:
             pass
 
-    def get_trace(self, trace_id: str) -> Trace:
+    @contextmanager
+    def _api_errors(self) -> Iterator[None]:
+        """The one place a single request's failures become typed errors: transport failures
+        -> APIConnectionError / APITimeoutError. (Streams retry instead: see _StreamState.)"""
         try:
-            response = self.client.get(f"{self.url}/v1/traces/{trace_id}", headers={"Accept": "application/json"})
+            yield
         except httpx.TransportError as exc:
-            raise self._give_up(exc, self.max_retries + 1) from exc  # type: ignore[misc]
-        if response.status_code >= 400:
-            raise _error_from_response(response)
-        return Trace.model_validate_json(response.content)
+            raise self._transport_error(exc) from exc
+
+    def get_trace(self, trace_id: str) -> Trace:
+        with self._api_errors():
+            response = self.client.get(f"{self.url}/v1/traces/{trace_id}", headers=_JSON)
+        return _trace_from(response)
 
     def close(self) -> None:
         if self._client is not None:
@@ -298,25 +318,19 @@ class RemoteBackend:
                 except httpx.TransportError as exc:
                     await asyncio.sleep(state.retry_delay(exc))
         finally:
-            if state.run_to_cancel():
-                await self._acancel_run(state.run_to_cancel())
+            if (trace_id := state.run_to_cancel()) is not None:
+                await self._acancel_run(trace_id)
 
     async def _acancel_run(self, trace_id: str) -> None:
         try:
-            await self.aclient.post(f"{self.url}/v1/traces/{trace_id}/cancel", timeout=CANCEL_TIMEOUT_S,
-                                    headers={"Accept": "application/json"})
+            await self.aclient.post(f"{self.url}/v1/traces/{trace_id}/cancel", timeout=CANCEL_TIMEOUT_S, headers=_JSON)
         except (httpx.HTTPError, RuntimeError):  # RuntimeError: the event loop is closing
             pass
 
     async def aget_trace(self, trace_id: str) -> Trace:
-        try:
-            response = await self.aclient.get(f"{self.url}/v1/traces/{trace_id}",
-                                              headers={"Accept": "application/json"})
-        except httpx.TransportError as exc:
-            raise self._give_up(exc, self.max_retries + 1) from exc  # type: ignore[misc]
-        if response.status_code >= 400:
-            raise _error_from_response(response)
-        return Trace.model_validate_json(response.content)
+        with self._api_errors():
+            response = await self.aclient.get(f"{self.url}/v1/traces/{trace_id}", headers=_JSON)
+        return _trace_from(response)
 
     async def aclose(self) -> None:
         if self._aclient is not None:

@@ -104,9 +104,8 @@ def extract_answer(text: str) -> str | None:
                 if line.strip():
                     return _clean_raw(line)
             return None
-        last = None
-        for last in _ANSWER_IS.finditer(text):
-            pass
+        matches = list(_ANSWER_IS.finditer(text))
+        last = matches[-1] if matches else None
         if last is not None:
             rest = text[last.end() :].split("\n", 1)[0]
             return _clean_raw(_SENTENCE_END.split(rest, 1)[0])

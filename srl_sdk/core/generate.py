@@ -68,6 +68,7 @@ _DRAW_ORDER = ("test_hard", "test", "validation", "train")
 _ATTEMPTS_PER_PROBLEM = 500  # rejected draws (infeasible chain or duplicate) before giving up
 
 Op = Literal["+", "-", "*", "/"]
+ALL_OPS: tuple[Op, ...] = ("+", "-", "*", "/")
 # names per problem: up to 20 steps + the start + 5 distractors (the config's limits) fit in NAMES
 _OP_ALIASES = {"+": "+", "-": "-", "*": "*", "x": "*", "×": "*", "/": "/", "÷": "/"}
 
@@ -99,7 +100,7 @@ class GenerateConfig(BaseModel):
     max_steps: int = Field(default=4, ge=2, le=20)
     hard_min_steps: int = Field(default=5, ge=2, le=20, description="must exceed max_steps")
     hard_max_steps: int = Field(default=7, ge=2, le=20)
-    ops: list[Op] = Field(default_factory=lambda: ["+", "-", "*", "/"], min_length=1)
+    ops: list[Op] = Field(default_factory=lambda: list(ALL_OPS), min_length=1)
     max_operand: int = Field(default=20, ge=2, le=1000, description="start values and added/subtracted amounts")
     max_factor: int = Field(default=5, ge=2, le=12, description="largest multiplier or divisor")
     max_result: int = Field(default=200, ge=10, le=100_000, description="every intermediate result is 2..max_result")

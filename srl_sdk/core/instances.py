@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
 from .format import FINAL_MARKER, step_messages
+from .jsonl import read_jsonl
 from .splitting import ExpertSolution, SplitStyle, check_split_options, parse_expert_solution
 
 __all__ = [
@@ -256,47 +257,35 @@ def _split_records(
     report: SplitReport,
 ) -> Iterator[dict[str, Any]]:
     seen: set[str] = set()
-    try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    with handle:
-        try:
-            for lineno, line in enumerate(handle, start=1):
-                if limit is not None and report.kept >= limit:
-                    return
-                if not line.strip():
-                    continue
-                report.read += 1
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    row = None
-                if not isinstance(row, dict):
-                    report.dropped["malformed_json"] += 1
-                    report.bad_lines.append(lineno)
-                    continue
-                solution = _row_to_solution(row, f"{path.stem}-{lineno}", style, pattern)
-                if solution is None:
-                    report.dropped["missing_problem"] += 1
-                    report.bad_lines.append(lineno)
-                    continue
-                reason = _drop_reason(solution, require_answer, seen if dedupe else None)
-                if reason is not None:
-                    report.dropped[reason] += 1
-                    continue
-                if output == "steps":
-                    records = [solution.model_dump()]
-                else:
-                    records = [inst.model_dump() for inst in make_srl_instances(solution, **options)]
-                    if not records:
-                        report.dropped["one_step"] += 1
-                        continue
-                report.kept += 1
-                report.written += len(records)
-                yield from records
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path} is not UTF-8 text ({exc.reason}); re-encode it as UTF-8") from exc
+    for line in read_jsonl(path):
+        if limit is not None and report.kept >= limit:
+            return
+        report.read += 1
+        if line.error == "not_utf8":
+            line.object()  # raises: a file of another encoding is re-encoded, not half read
+        if line.error is not None or not isinstance(line.value, dict):
+            report.dropped["malformed_json"] += 1
+            report.bad_lines.append(line.lineno)
+            continue
+        solution = _row_to_solution(line.value, f"{path.stem}-{line.lineno}", style, pattern)
+        if solution is None:
+            report.dropped["missing_problem"] += 1
+            report.bad_lines.append(line.lineno)
+            continue
+        reason = _drop_reason(solution, require_answer, seen if dedupe else None)
+        if reason is not None:
+            report.dropped[reason] += 1
+            continue
+        if output == "steps":
+            records = [solution.model_dump()]
+        else:
+            records = [inst.model_dump() for inst in make_srl_instances(solution, **options)]
+            if not records:
+                report.dropped["one_step"] += 1
+                continue
+        report.kept += 1
+        report.written += len(records)
+        yield from records
 
 
 def _drop_reason(solution: ExpertSolution, require_answer: bool, seen: set[str] | None) -> str | None:

@@ -11,7 +11,6 @@ unknown layout (what `srl data from-text --style auto` and teacher replies use).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Iterator, Literal
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import InputError
 from .answers import extract_answer
+from .jsonl import read_jsonl
 from .format import FINAL_MARKER
 from .sentences import has_math, split_sentences
 
@@ -250,37 +250,22 @@ def load_gsm8k(
     path = Path(path)
     if limit is not None and limit <= 0:
         return
-    try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read GSM8K file {path}: {exc.strerror or exc}") from exc
     count = 0
-    with handle:
+    expected = "an object with string fields 'question' and 'answer' (GSM8K format)"
+    for line in read_jsonl(path, what="GSM8K rows", hint="pass a GSM8K JSONL file"):
+        row = line.object(expected)
+        if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+            raise InputError(f"{path}:{line.lineno}: expected {expected}")
         try:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-                    raise InputError(
-                        f"{path}:{lineno}: expected an object with string fields "
-                        "'question' and 'answer' (GSM8K format)"
-                    )
-                try:
-                    yield parse_expert_solution(
-                        row["question"],
-                        row["answer"],
-                        style=style,
-                        id=f"{path.stem}-{lineno}",
-                        keep_calculator_notes=keep_calculator_notes,
-                    )
-                except InputError as exc:
-                    raise InputError(f"{path}:{lineno}: {exc}") from exc
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path} is not UTF-8 text ({exc.reason}); re-encode it as UTF-8") from exc
+            yield parse_expert_solution(
+                row["question"],
+                row["answer"],
+                style=style,
+                id=f"{path.stem}-{line.lineno}",
+                keep_calculator_notes=keep_calculator_notes,
+            )
+        except InputError as exc:
+            raise InputError(f"{path}:{line.lineno}: {exc}") from exc
+        count += 1
+        if limit is not None and count >= limit:
+            return

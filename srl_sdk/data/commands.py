@@ -30,7 +30,7 @@ def run_teacher(options: dict[str, Any], prompt_file: Optional[Path]) -> None:
     from pydantic import ValidationError
     from rich.markup import escape
 
-    from srl_sdk.cli import console
+    from srl_sdk.cli_common import console
     from srl_sdk.data.teacher import TRAJECTORIES, TeacherConfig, format_report, generate_from_teacher
     from srl_sdk.errors import ConfigError, InputError
 
@@ -58,7 +58,7 @@ def run_teacher(options: dict[str, Any], prompt_file: Optional[Path]) -> None:
 
 
 def register(data_app: typer.Typer) -> None:
-    from srl_sdk.cli import console, err_console, friendly_errors
+    from srl_sdk.cli_common import console, err_console, friendly_errors
 
     @data_app.command("from-text")
     @friendly_errors

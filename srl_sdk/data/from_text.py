@@ -14,7 +14,6 @@ taken from `\\boxed{}` or `####` in the solution, else from a separate short ans
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,6 +21,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.answers import extract_answer
+from ..core.jsonl import field_named, read_jsonl, row_field
 from ..core.splitting import SplitStyle, check_split_options, detect_style, split_solution
 from ..errors import InputError
 from .rows import gold_answer, problem_key, trajectory_row
@@ -61,15 +61,6 @@ class FromTextReport(BaseModel):
         return f"read {self.read}, kept {self.kept} (styles: {styles}; steps {steps}), dropped: {dropped}"
 
 
-def _first(row: dict[str, Any], explicit: str | None, defaults: tuple[str, ...]) -> tuple[str | None, Any]:
-    if explicit is not None:
-        return explicit, row.get(explicit)
-    for name in defaults:
-        if row.get(name) is not None:
-            return name, row[name]
-    return None, None
-
-
 def _records(path: Path, config: FromTextConfig) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """(line number, row or None when unreadable) of the input; a text file is one row."""
     try:
@@ -79,15 +70,10 @@ def _records(path: Path, config: FromTextConfig) -> Iterator[tuple[int, dict[str
                                  "(or pass a JSONL file of problem/solution rows)")
             yield 1, {"problem": config.problem, "solution": path.read_text(encoding="utf-8")}
             return
-        with path.open("r", encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    row = None
-                yield lineno, row if isinstance(row, dict) else None
+        for line in read_jsonl(path):
+            if line.error == "not_utf8":
+                line.object()  # raises: the file is re-encoded, not half read
+            yield line.lineno, line.value if isinstance(line.value, dict) else None
     except UnicodeDecodeError as exc:
         raise InputError(f"{path} is not UTF-8 text ({exc.reason}); re-encode it as UTF-8") from exc
     except OSError as exc:
@@ -112,11 +98,11 @@ def convert_file(path: str | Path, config: FromTextConfig | None = None) -> tupl
         if row is None:
             dropped["not_json"] += 1
             continue
-        _, problem = _first(row, config.problem_field, ("problem", "question"))
+        problem = row_field(row, config.problem_field, ("problem", "question"))
         if not isinstance(problem, str) or not problem.strip():
             dropped["no_problem"] += 1
             continue
-        solution_name, solution = _first(row, config.solution_field, ("solution", "answer"))
+        solution_name, solution = field_named(row, config.solution_field, ("solution", "answer"))
         if not isinstance(solution, str) or not solution.strip():
             dropped["no_solution"] += 1
             continue

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..core.answers import extract_answer
+from ..core.jsonl import read_jsonl
 from ..errors import InputError
 
 __all__ = [
@@ -106,16 +107,9 @@ def read_jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
     """
     if not path.is_file():
         return
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                yield row
+    for line in read_jsonl(path):
+        if isinstance(line.value, dict):
+            yield line.value
 
 
 def stepwise_row(row: dict[str, Any]) -> dict[str, Any]:

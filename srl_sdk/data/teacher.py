@@ -48,8 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..core.answers import answers_match, check_verifier, extract_answer, math_verify_available
 from ..core.checks import check_arithmetic
 from ..core.format import FINAL_MARKER, THINK_CLOSE, THINK_OPEN
+from ..core.jsonl import read_jsonl, row_field
 from ..core.splitting import SplitStyle, check_split_options, detect_style, split_solution
-from ..training.data import row_field
 from ..errors import APIConnectionError, InputError, require, status_error
 from .rows import JsonlAppender, export_trl_stepwise, gold_answer, problem_key, read_jsonl_rows, trajectory_row
 
@@ -196,39 +196,28 @@ def read_problems(
     drops: Counter[str] = Counter()
     problems: list[Problem] = []
     seen: set[str] = set()
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(f"cannot read problems from {path}: {exc.strerror or exc}; check --input") from exc
-    with handle:
-        for lineno, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                drops["not_json"] += 1
-                continue
-            if not isinstance(row, dict):
-                drops["not_json"] += 1
-                continue
-            text = row_field(row, problem_field, ("problem", "question"))
-            if not isinstance(text, str) or not text.strip():
-                drops["no_problem"] += 1
-                continue
-            gold = gold_answer(row_field(row, answer_field, ("answer", "solution")))
-            if gold is None:
-                drops["no_gold_answer"] += 1
-                continue
-            problem = Problem(id=str(row.get("id") or f"{path.stem}-{lineno}"), problem=text.strip(), gold=gold,
-                              where=f"{path.name}:{lineno}")
-            if problem.key in seen:
-                drops["duplicate_problem"] += 1
-                continue
-            seen.add(problem.key)
-            problems.append(problem)
-            if limit is not None and len(problems) >= limit:
-                break
+    for line in read_jsonl(path, what="problems", hint="check --input"):
+        row = line.value
+        if line.error is not None or not isinstance(row, dict):
+            drops["not_json"] += 1
+            continue
+        text = row_field(row, problem_field, ("problem", "question"))
+        if not isinstance(text, str) or not text.strip():
+            drops["no_problem"] += 1
+            continue
+        gold = gold_answer(row_field(row, answer_field, ("answer", "solution")))
+        if gold is None:
+            drops["no_gold_answer"] += 1
+            continue
+        problem = Problem(id=str(row.get("id") or f"{path.stem}-{line.lineno}"), problem=text.strip(), gold=gold,
+                          where=line.where)
+        if problem.key in seen:
+            drops["duplicate_problem"] += 1
+            continue
+        seen.add(problem.key)
+        problems.append(problem)
+        if limit is not None and len(problems) >= limit:
+            break
     return problems, dict(drops)
 
 

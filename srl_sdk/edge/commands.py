@@ -13,7 +13,7 @@ edge_app = typer.Typer(help="Check edge builds against the model they came from.
 
 
 def _print_report(report) -> None:
-    from srl_sdk.cli import console
+    from srl_sdk.cli_common import console
 
     console.print(report.markdown(), markup=False)
     console.print(f"parity report: {report.json_path} and {report.markdown_path}", markup=False)
@@ -26,7 +26,7 @@ def _parity(build: Path, against: str, problems: int, data: Optional[Path], max_
 
 
 def register(app: typer.Typer) -> None:
-    from srl_sdk.cli import console, err_console, friendly_errors
+    from srl_sdk.cli_common import console, err_console, friendly_errors
 
     app.add_typer(export_app, name="export")
     app.add_typer(edge_app, name="edge")

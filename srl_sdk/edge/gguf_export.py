@@ -97,7 +97,7 @@ def llama_cpp_version() -> str:
 
 def converter_cache_dir(version: str) -> Path:
     """$SRL_CONVERTER_CACHE/<version>, else $SRL_HOME/cache/llama-cpp-src/<version>."""
-    from srl_sdk.training.models import srl_home
+    from srl_sdk.core.paths import srl_home
 
     root = os.environ.get("SRL_CONVERTER_CACHE")
     return (Path(root).expanduser() if root else srl_home() / "cache" / "llama-cpp-src") / version
@@ -233,7 +233,7 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int = 2) -> None:
     params.allow_requantize = True
     import logging
 
-    import llama_cpp._logger  # noqa: F401  (installs the callback that honours this logger's level)
+    from llama_cpp import _logger  # noqa: F401  (installs the callback that honours this logger's level)
 
     log = logging.getLogger("llama-cpp-python")
     level = log.level

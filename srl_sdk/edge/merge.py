@@ -3,7 +3,7 @@
 The converters (llama.cpp's, onnxruntime-genai's builder) read only a full Hugging Face model
 folder. A user may instead hold a LoRA adapter from `srl train` (merged into its base here with
 peft's `merge_and_unload`, so the build needs no adapter support at run time), a GGUF file or the
-embedded default (turned into an fp32 folder by the training module's `gguf_to_hf_dir`, cached).
+embedded default (turned into an fp32 folder by `srl_sdk.engines.hf_folder.gguf_to_hf_dir`, cached).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def merge_adapter(
     adapter_dir = Path(adapter_dir).expanduser()
     if not is_adapter_dir(adapter_dir):
         raise ExportError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
-    from srl_sdk.training.models import hf_cache_dir, load_causal_lm, resolve_hf_model
+    from srl_sdk.engines.hf_folder import hf_cache_dir, load_causal_lm, resolve_hf_model
 
     base_name = adapter_base(adapter_dir, base)
     base_path = Path(base_name).expanduser()
@@ -120,7 +120,7 @@ def resolve_export_source(
     text = str(model)
     path = Path(text).expanduser()
     if is_alias(text) or (path.is_file() and path.suffix == ".gguf"):
-        from srl_sdk.training.models import gguf_to_hf_dir
+        from srl_sdk.engines.hf_folder import gguf_to_hf_dir
 
         try:
             return gguf_to_hf_dir(text)

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from srl_sdk.core.answers import answers_equal, extract_answer
+from srl_sdk.core.jsonl import read_jsonl
 from srl_sdk.core.similarity import step_similarity
 from srl_sdk.core.steps import Trace
 from srl_sdk.edge.files import size_of, staged_file
@@ -126,17 +127,12 @@ def held_out_problems(path: Path, n: int) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"problem file {path} does not exist; pass a GSM8K-style JSONL with --data")
     rows: deque[dict[str, Any]] = deque(maxlen=n)
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("question"), str):
-                raise InputError(f"{path}:{lineno}: expected an object with a 'question' field")
-            rows.append(row)
+    expected = "an object with a 'question' field"
+    for line in read_jsonl(path, hint="pass a GSM8K-style JSONL with --data"):
+        row = line.object(expected)
+        if not isinstance(row.get("question"), str):
+            raise InputError(f"{path}:{line.lineno}: expected {expected}")
+        rows.append(row)
     if not rows:
         raise InputError(f"{path} holds no problems")
     return list(rows)
@@ -161,7 +157,8 @@ def run_side(model: str, problems: list[str], config: ParityConfig) -> SideResul
     from srl_sdk.engines import guess_engine
 
     started = time.perf_counter()
-    context = {"context_length": config.n_ctx} if guess_engine(model) == "transformers" else {"n_ctx": config.n_ctx}
+    context: dict[str, Any] = (
+        {"context_length": config.n_ctx} if guess_engine(model) == "transformers" else {"n_ctx": config.n_ctx})
     engine = load_engine(model, n_threads=config.n_threads, **context)
     load_s = time.perf_counter() - started
     driver = Driver(engine, ReasonConfig(

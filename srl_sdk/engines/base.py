@@ -17,13 +17,17 @@ import math
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from srl_sdk.core.types import Seed, Temperature, TopP
+
 EngineFinish = Literal["stop", "length", "cancelled"]
+T = TypeVar("T")
 
 
 class SamplingParams(BaseModel):
@@ -32,10 +36,10 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_tokens: int = Field(default=256, ge=1, le=32768)
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
     top_k: int = Field(default=0, ge=0, description="0 disables top-k")
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    seed: Seed | None = None
     stop: list[str] = Field(default_factory=list, max_length=16)
 
 
@@ -91,17 +95,10 @@ class Engine(ABC):
         Engines with a native async API (vLLM) override this.
         """
         cancel = cancel or threading.Event()
-        iterator = self.stream(prompt, params, cancel)
-        sentinel = object()
-        try:
-            while True:
-                event = await asyncio.to_thread(next, iterator, sentinel)
-                if event is sentinel:
-                    return
-                yield event  # type: ignore[misc]
-        finally:
-            cancel.set()
-            await asyncio.to_thread(iterator.close)
+        # aclosing: closing this stream stops the engine at once, not at garbage collection
+        async with aclosing(iterate_in_thread(self.stream(prompt, params, cancel), cancel)) as events:
+            async for event in events:
+                yield event
 
     def info(self) -> dict[str, object]:
         return {"engine": self.name, "model": self.model_id, "context_length": self.context_length}
@@ -119,7 +116,7 @@ class Engine(ABC):
         engine is alive as long as its process is; a server's worker exits when this turns False."""
         return True
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (not abstract: an engine with nothing to free keeps it)
         """Release the model. Safe to call twice."""
 
     def __enter__(self) -> "Engine":
@@ -176,7 +173,7 @@ def protect_contents(
 
     messages = [dict(m) for m in messages]
     text = render_text(messages)
-    contents = [m.get("content") if isinstance(m.get("content"), str) else "" for m in messages]
+    contents = [c if isinstance(c := m.get("content"), str) else "" for m in messages]
     risky = {i for i, content in enumerate(contents) if content and has_special(content)}
     if not risky:
         return text
@@ -275,6 +272,26 @@ class TokenLoopEngine(Engine):
         if room < 1:
             raise ContextOverflowError(len(tokens), self.context_length)
         return self._decode(tokens, params, min(params.max_tokens, room), cancel)
+
+
+async def iterate_in_thread(iterator: Iterator[T], cancel: threading.Event) -> AsyncGenerator[T, None]:
+    """The one sync -> async bridge: each `next` of a blocking generator runs in a worker thread.
+
+    However the async side ends (exhausted, an error, or its consumer closing it), `cancel` is
+    set, so a generator blocked in native code stops at its next check, and the generator is
+    closed in a thread too (closing may wait for that native call). Used by Engine.astream and
+    by the Reasoner's local backend.
+    """
+    done = object()
+    try:
+        while True:
+            item = await asyncio.to_thread(next, iterator, done)
+            if item is done:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        cancel.set()
+        await asyncio.to_thread(iterator.close)  # type: ignore[attr-defined]
 
 
 class StopMatcher:

@@ -33,6 +33,16 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def llama_arguments(path: str | os.PathLike[str], *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
+                    n_batch: int = 512, seed: int = 0, adapter: str | os.PathLike[str] | None = None) -> dict:
+    """The keyword arguments of `llama_cpp.Llama(...)` for these settings (pure: tests build them
+    for every shipped config without loading a model)."""
+    threads = n_threads or default_threads()
+    return {"model_path": str(path), "n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
+            "n_batch": n_batch, "logits_all": False, "seed": seed,
+            "lora_path": str(adapter) if adapter is not None else None, "verbose": False}
+
+
 class LlamaCppEngine(TokenLoopEngine):
     """A GGUF model in llama.cpp. `model` is a path to a .gguf file or a named model ('smollm2', 'smollm2-srl')."""
 
@@ -63,17 +73,8 @@ class LlamaCppEngine(TokenLoopEngine):
             raise ModelError(f"LoRA adapter {self.adapter} does not exist; export one with `srl export lora-gguf`")
         self.n_threads = n_threads or default_threads()
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
-                n_batch=n_batch,
-                logits_all=False,
-                seed=seed,
-                lora_path=str(self.adapter) if self.adapter is not None else None,
-                verbose=False,
-            )
+            self._llm = llama_cpp.Llama(**llama_arguments(path, n_ctx=n_ctx, n_threads=self.n_threads, n_batch=n_batch,
+                                                          seed=seed, adapter=self.adapter))
         except (ValueError, RuntimeError, OSError) as exc:
             if self.adapter is not None:
                 raise ModelError(

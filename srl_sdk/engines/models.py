@@ -126,12 +126,12 @@ def resolve_gguf(model: str | os.PathLike[str]) -> Path:
         )
     path = Path(text).expanduser()
     if path.is_dir():
-        found = sorted(path.glob("*.gguf"))
-        if len(found) != 1:
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
             raise ModelError(
-                f"{path} is a folder with {len(found)} .gguf files; pass the path of one GGUF file"
+                f"{path} is a folder with {len(ggufs)} .gguf files; pass the path of one GGUF file"
             )
-        path = found[0]
+        path = ggufs[0]
     if not path.is_file():
         raise ModelError(
             f"model file {path} does not exist; pass a local .gguf path or the alias "

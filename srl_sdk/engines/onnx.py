@@ -179,6 +179,7 @@ class OnnxEngine(TokenLoopEngine):
         keep = self._prefix.reusable_length(tokens) if reusable else 0
         self._prefix.forget()  # until the prompt has been appended
         if keep > 0:
+            assert self._generator is not None  # reusable: checked above
             self._generator.rewind_to(keep)
             return self._generator, keep
         generator_params = self._og.GeneratorParams(self._model)

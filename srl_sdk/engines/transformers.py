@@ -10,7 +10,7 @@ set.
 `model` may be an HF folder, a hub id, a `.gguf` file or a named model ('smollm2', or 'smollm2-srl'
 whose llama.cpp LoRA adapter file is merged into the weights on load: srl_sdk/engines/lora.py).
 A GGUF is read with `gguf_file=` and dequantized in memory at every load (~15 s for SmolLM2); for
-repeated use, convert it once with `srl_sdk.training.models.gguf_to_hf_dir` and load the folder (0.2 s).
+repeated use, convert it once with `srl_sdk.engines.hf_folder.gguf_to_hf_dir` and load the folder (0.2 s).
 """
 
 from __future__ import annotations

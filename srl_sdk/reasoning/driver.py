@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,10 +38,16 @@ from srl_sdk.core.format import (
     strip_step_label,
 )
 from srl_sdk.core.steps import Confidence, FinishReason, Step, Trace
+from srl_sdk.core.types import Seed, Temperature, TopP
 from srl_sdk.engines.base import Engine, SamplingParams, TokenEvent
 from srl_sdk.errors import ContextOverflowError, InputError
 
 MAX_PROBLEM_CHARS = 20_000
+
+
+def _generator(events: Iterator[TokenEvent]) -> Generator[TokenEvent, None, None]:
+    """Engine.stream's result as what it is: a generator, which the driver closes to stop decoding."""
+    return cast(Generator[TokenEvent, None, None], events)
 
 
 class ReasonConfig(BaseModel):
@@ -54,10 +60,10 @@ class ReasonConfig(BaseModel):
     max_thought_tokens: int = Field(default=64, ge=1, le=4096)
     max_action_tokens: int = Field(default=64, ge=1, le=4096)
     max_total_tokens: int = Field(default=2048, ge=1, le=65536)
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
     top_k: int = Field(default=0, ge=0)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    seed: Seed | None = None
     checks: bool = True
     timeout_s: float | None = Field(default=None, gt=0)
 
@@ -169,8 +175,9 @@ class Driver:
         *,
         cancel: threading.Event | None = None,
         trace_id: str | None = None,
-    ) -> Iterator[DriverEvent]:
-        """TokenDeltas and Steps as they happen, then one Finished with the whole trace."""
+    ) -> Generator[DriverEvent, None, None]:
+        """TokenDeltas and Steps as they happen, then one Finished with the whole trace (closing the
+        generator stops the engine)."""
         problem = validate_problem(problem)
         cfg = self.config
         steps = given_steps_to_steps(given_steps, cfg.checks)
@@ -226,7 +233,7 @@ class Driver:
         """Decode one phase into `out`; the prompt's tokens are added to `usage` (every phase
         re-sends its whole prompt, so prompt_tokens counts what the engine was given in total)."""
         usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + self.engine.count_tokens(prompt)
-        stream = self.engine.stream(prompt, params, cancel)
+        stream = _generator(self.engine.stream(prompt, params, cancel))
         try:
             for event in stream:
                 if event.finish_reason is not None:
@@ -344,7 +351,7 @@ class Driver:
         cfg = self.config
         prompt = self.engine.render(free_messages(trace.problem))
         trace.usage["prompt_tokens"] = trace.usage.get("prompt_tokens", 0) + self.engine.count_tokens(prompt)
-        stream = self.engine.stream(prompt, cfg.sampling(cfg.max_total_tokens, []), cancel)
+        stream = _generator(self.engine.stream(prompt, cfg.sampling(cfg.max_total_tokens, []), cancel))
         pending = ""  # text of the line being written
         logprobs: list[float] = []
         started = time.perf_counter()

@@ -37,7 +37,7 @@ def _check_litserve() -> Any:
 
 def build_server(config: ServerConfig, cancel_flags: Any, engine_gauges: Any = None):
     """The LitServer with our spec's routes, error handlers and HTTP metrics (not started)."""
-    litserve = _check_litserve()
+    _check_litserve()
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -78,6 +78,9 @@ def build_server(config: ServerConfig, cancel_flags: Any, engine_gauges: Any = N
                             status_code=500)
 
     _document_request_bodies(server.app)
+    from srl_sdk.serving.ui import install_ui
+
+    install_ui(server.app)  # GET /ui/: the trace viewer, open like /docs (its data calls need a key)
     server.app.add_exception_handler(StarletteHTTPException, http_error)
     server.app.add_exception_handler(RequestValidationError, validation_error)
     server.app.add_exception_handler(Exception, internal_error)
@@ -107,9 +110,11 @@ def _document_request_bodies(app: Any) -> None:
     The endpoints read the raw request (to cap its size before parsing), so FastAPI cannot infer
     their bodies; without this the published contract omits them and clients generated from it,
     or schema fuzzers, never see the fields."""
+    from pydantic import BaseModel
+
     from srl_sdk.serving.schemas import ChatCompletionRequest, ReasonRequest
 
-    bodies = {"/v1/reason": ReasonRequest, "/v1/chat/completions": ChatCompletionRequest}
+    bodies: dict[str, type[BaseModel]] = {"/v1/reason": ReasonRequest, "/v1/chat/completions": ChatCompletionRequest}
     for route in app.routes:
         model = bodies.get(getattr(route, "path", ""))
         if model is not None and "POST" in getattr(route, "methods", ()):
@@ -154,12 +159,14 @@ def serve(config: ServerConfig) -> None:
     """Run until SIGINT / SIGTERM (returns), or until a worker dies (raises EngineError: exit 1)."""
     _check_litserve()
     from srl_sdk.serving.lifecycle import STRANDED, forked_children_die_with_this_process
+    from srl_sdk.serving.replicas import stranded_before
 
     # fail fast with one clear StoreError on an unusable store, before any worker loads a model;
     # opening it also applies the retention settings once
     store = config.trace_store()
     try:
-        stranded = store.close_unfinished("interrupted", STRANDED)  # runs a killed server left behind
+        # runs a killed server left behind (with a shared store: only those past any run's time bound)
+        stranded = store.close_unfinished("interrupted", STRANDED, before=stranded_before(config, store))
     finally:
         store.close()
     if stranded:
@@ -173,7 +180,7 @@ def serve(config: ServerConfig) -> None:
     forked_children_die_with_this_process()  # the managers and the API process, forked from here
     with mp.Manager() as manager:
         cancel_flags = manager.dict()
-        engine_gauges = manager.dict()  # worker pid -> the engine's live gauges (batching engines only)
+        engine_gauges = manager.dict()  # worker index -> its figures for /metrics (worker.StepAPI._figures)
         server = build_server(config, cancel_flags, engine_gauges)
         import os
 
@@ -196,10 +203,11 @@ def _fail(config: ServerConfig, failure: str) -> None:
     """After a dead worker stopped the server: close what is still unfinished, exit non-zero."""
     from srl_sdk.errors import EngineError, StoreError
     from srl_sdk.serving.lifecycle import STRANDED
+    from srl_sdk.serving.replicas import stranded_before
 
     try:
         store = config.trace_store()
-        store.close_unfinished("interrupted", STRANDED)
+        store.close_unfinished("interrupted", STRANDED, before=stranded_before(config, store))
         store.close()
     except StoreError:
         pass

@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from srl_sdk.errors import SRLError
-from srl_sdk.serving.schemas import ApiError
+from srl_sdk.serving.schemas import ErrorReply
 
 MAX_JSON_DEPTH = 32
 JSON_MEDIA_TYPE = "application/json"
@@ -59,20 +60,20 @@ def _finite_float(text: str) -> float:
 
 
 def parse_json(raw: bytes) -> Any:
-    """JSON text -> data, or ApiError 400 for anything that is not plain, bounded JSON."""
+    """JSON text -> data, or ErrorReply 400 for anything that is not plain, bounded JSON."""
     try:
         data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError as exc:
-        raise ApiError(400, "invalid_json", f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels") from exc
+        raise ErrorReply(400, "invalid_json", f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels") from exc
     except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc}); send a JSON object") from exc
+        raise ErrorReply(400, "invalid_json", f"the body is not valid JSON ({exc}); send a JSON object") from exc
     except UnicodeDecodeError as exc:
-        raise ApiError(400, "invalid_json", "the body is not UTF-8 text; send JSON encoded as UTF-8") from exc
+        raise ErrorReply(400, "invalid_json", "the body is not UTF-8 text; send JSON encoded as UTF-8") from exc
     except ValueError as exc:  # Python's int-from-string limit, NaN, Infinity, 1e400
-        raise ApiError(400, "invalid_json", "the body holds a number out of range (or NaN / Infinity); "
+        raise ErrorReply(400, "invalid_json", "the body holds a number out of range (or NaN / Infinity); "
                                             "send plain JSON numbers") from exc
     if _too_deep(data):
-        raise ApiError(400, "invalid_json", f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+        raise ErrorReply(400, "invalid_json", f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     return data
 
 
@@ -81,6 +82,7 @@ def _too_deep(data: Any) -> bool:
     stack = [(data, 1)]
     while stack:
         node, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):
@@ -137,7 +139,7 @@ class HostGuard:
         from srl_sdk.serving import metrics
 
         metrics.REJECTED.labels("400").inc()
-        error = ApiError(400, "invalid_host", f"this server does not answer to the host {header[:100]!r}; "
+        error = ErrorReply(400, "invalid_host", f"this server does not answer to the host {header[:100]!r}; "
                                               "add the name to allowed_hosts in the server config")
         await JSONResponse(error.body(), status_code=400)(scope, receive, send)
 
@@ -171,7 +173,11 @@ def server_paths(config: Any) -> tuple[str, ...]:
     model = Path(config.model).expanduser()
     if model.exists():  # not an alias such as 'smollm2'
         paths.append(model)
-    if config.store is not False:
+    if config.store is not False and "://" not in str(config.store):  # a URL names no file
         paths.append(Path(config.store) if config.store is not None else default_store_path())
     found = [text for path in paths for text in (str(path), str(path.resolve()), str(path.resolve().parent))]
+    if config.store is not False and "://" in str(config.store):  # a store URL as its errors name it
+        from srl_sdk.store import describe_store
+
+        found.append(describe_store(config.store))
     return tuple(dict.fromkeys(found))

@@ -9,7 +9,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from srl_sdk.cli import friendly_errors
+    from srl_sdk.cli_common import friendly_errors
 
     @app.command()
     @friendly_errors
@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, help="Workers per device, each with its own engine."),
         n_threads: Optional[int] = typer.Option(None, help="llama.cpp threads per worker."),
         n_ctx: Optional[int] = typer.Option(None, help="llama.cpp context length."),
-        store: Optional[Path] = typer.Option(None, help="Trace store file (default $SRL_HOME/traces.db)."),
+        store: Optional[str] = typer.Option(None, help="Trace store: a file (default $SRL_HOME/traces.db) or a "
+                                            "postgresql:// URL shared by several servers."),
         api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable). Visible in `ps`: "
                                           "prefer --api-key-file or SRL_API_KEYS."),
         api_key_file: Optional[Path] = typer.Option(None, "--api-key-file",

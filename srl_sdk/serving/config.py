@@ -71,8 +71,9 @@ class ServerConfig(BaseModel):
     api_keys: list[str] = Field(default_factory=list)
     admin_keys: list[str] = Field(default_factory=list,
                                   description="keys that may also read every key's traces (they are API keys too)")
-    store: Path | Literal[False] | None = Field(
-        default=None, description="SQLite trace store; default $SRL_HOME/traces.db; false: keep no traces")
+    store: Path | str | Literal[False] | None = Field(
+        default=None, description="trace store: a SQLite file (default $SRL_HOME/traces.db), a postgresql:// URL "
+                                  "(one store for several servers), or false: keep no traces")
     retention: TraceRetention = Field(default_factory=TraceRetention)
     allowed_hosts: list[str] | None = Field(
         default=None, description="Host header names accepted (any port; '*' any); default: loopback names on 127.0.0.1")
@@ -92,6 +93,23 @@ class ServerConfig(BaseModel):
             raise ValueError(
                 f"host {value!r} cannot be bound by LitServe; use 127.0.0.1 (local only), 0.0.0.0 or ::"
             )
+        return value
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_path_or_url(cls, value: Any) -> Any:
+        """A postgresql:// URL stays a string (a Path would fold its //); anything else is a file path."""
+        from srl_sdk.store.factory import URL_SCHEMES, is_store_url, masked_url
+
+        if value is None or value is False or isinstance(value, Path):
+            return value
+        if isinstance(value, str) and is_store_url(value):
+            if not value.startswith(URL_SCHEMES):
+                raise ValueError(f"{masked_url(value)} is not a store this server can use; give a file path "
+                                 f"(SQLite) or a postgresql://user@host:5432/dbname URL")
+            return value
+        if isinstance(value, str):
+            return Path(value).expanduser()
         return value
 
     @field_validator("api_keys", "admin_keys")
@@ -120,6 +138,10 @@ class ServerConfig(BaseModel):
                 "set SRL_API_KEYS=<key> (comma-separated for several), pass --api-key, or add api_keys in the "
                 "YAML; or bind to 127.0.0.1"
             )
+        if self.accelerator == "cpu" and self.devices > 1:  # LitServe would quietly start `workers` workers
+            raise ValueError(f"devices: {self.devices} counts GPUs (accelerator: cuda); on CPU every worker shares "
+                             "the machine's cores: set workers: N instead (see server/README.md)")
+        self._engine_options_fit()
         if self.limits.default_timeout_s > self.limits.max_timeout_s:
             raise ValueError("limits.default_timeout_s must not exceed limits.max_timeout_s")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
@@ -129,6 +151,16 @@ class ServerConfig(BaseModel):
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} is not a file; pass a PEM file")
         return self
+
+    def _engine_options_fit(self) -> None:
+        """engine_options are checked against the chosen engine's options now, not at worker setup."""
+        from srl_sdk.engines import guess_engine
+        from srl_sdk.engines.options import check_engine_options
+
+        try:
+            check_engine_options(self.engine or guess_engine(self.model), self.engine_options)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def keys(self) -> list[str]:
@@ -145,11 +177,11 @@ class ServerConfig(BaseModel):
 
     def trace_store(self):
         """The store this server writes and reads (a DisabledStore with `store: false`)."""
-        from srl_sdk.store import DisabledStore, TraceStore
+        from srl_sdk.store import DisabledStore, open_store
 
         if self.store is False:
             return DisabledStore()
-        return TraceStore(self.store, max_traces=self.retention.max_traces,
+        return open_store(self.store, max_traces=self.retention.max_traces,
                           max_age_days=self.retention.max_age_days)
 
     @property
@@ -201,7 +233,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings (host:, port:, model:, ...)")
     for key in ("store", "ssl_certfile", "ssl_keyfile"):  # relative to the YAML file, like a config should be
-        if data.get(key) not in (None, False):
+        if data.get(key) not in (None, False) and "://" not in str(data[key]):
             file = Path(str(data[key])).expanduser()
             data[key] = file if file.is_absolute() else (path.parent / file)
     return data
@@ -210,6 +242,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _short(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        parts.append(f"{where}: {err['msg']}")
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)

@@ -17,7 +17,9 @@ these problems, and a supervisor restarts it with backoff and visibility. So, wh
 
 1. the API process sees it within WATCH_PERIOD_S (it watches the workers' pids), answers /health
    with 503 and new requests with 503 + Retry-After, ends every stream in flight with an `error`
-   event of type `interrupted` and closes their traces with finish_reason `interrupted`;
+   event of type `interrupted` and closes their traces with finish_reason `interrupted`; with
+   several workers that includes the runs of the live ones, which it tells to stop (a cancel flag
+   set to INTERRUPTED_FLAG) so that they record the same finish and free their engines;
 2. the main process sees it too, waits FAIL_GRACE_S for step 1 to reach the clients, shuts the
    server down, closes any trace still unfinished, and `srl serve` exits with status 1;
 3. at the next start, traces still unfinished (a kill -9 of the whole server) are closed as
@@ -50,6 +52,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 STRANDED = ("the server stopped during this run (it was killed, or a worker died); the steps produced "
             "before are kept in the trace; run the request again")
+INTERRUPTED_FLAG = "interrupted"  # a cancel flag's value for a run failed because a worker died (spec._interrupt)
 STOPPING = threading.Event()  # main process: a stop was asked for (SIGINT/SIGTERM), deaths are expected
 
 

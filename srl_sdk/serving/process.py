@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -42,8 +43,9 @@ class ServerProcess:
 
     def __init__(self, config: str | os.PathLike[str], *, port: int | None = None, log: Path | None = None,
                  env: dict[str, str] | None = None, start_timeout_s: float = 180.0,
-                 args: tuple[str, ...] = ()) -> None:
-        """`args`: more `srl serve` flags (e.g. `--api-key-file PATH`)."""
+                 args: tuple[str, ...] = (), preexec_fn: Callable[[], None] | None = None) -> None:
+        """`args`: more `srl serve` flags (e.g. `--api-key-file PATH`); `preexec_fn`: run in the child
+        before `srl serve` starts (e.g. a resource limit its processes inherit)."""
         self.config = Path(config)
         self.args = tuple(args)
         self.port = port or free_port()
@@ -51,6 +53,7 @@ class ServerProcess:
         self.log = log
         self.env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
         self.start_timeout_s = start_timeout_s
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "ServerProcess":
@@ -58,7 +61,8 @@ class ServerProcess:
                    *self.args]
         sink = self.log.open("ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)  # its own group: nothing of it can outlive stop()
+                                        start_new_session=True,  # its own group: nothing of it can outlive stop()
+                                        preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

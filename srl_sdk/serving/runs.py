@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from srl_sdk.serving.schemas import ApiError
+from srl_sdk.serving.schemas import ErrorReply
 
 RETRY_AFTER_S = 2  # what a refused client is told to wait; a hint, clients should back off further
 
@@ -51,7 +51,7 @@ class Admission:
             self.running += 1
             return
         if len(self._waiting) >= self.max_queued:
-            raise ApiError(
+            raise ErrorReply(
                 429, "server_busy",
                 f"the server is at capacity ({self.running} runs in progress, {len(self._waiting)} waiting); "
                 f"retry after {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -62,9 +62,9 @@ class Admission:
             await asyncio.wait_for(turn, limit)
         except asyncio.TimeoutError:
             if limit < self.queue_timeout_s:
-                raise ApiError(504, "timeout", f"the request's timeout_s ran out after {limit:.1f} s in the queue, "
+                raise ErrorReply(504, "timeout", f"the request's timeout_s ran out after {limit:.1f} s in the queue, "
                                                "before a worker was free; raise timeout_s or retry later") from None
-            raise ApiError(504, "queue_timeout", f"no worker was free within queue_timeout_s ({limit:g} s); "
+            raise ErrorReply(504, "queue_timeout", f"no worker was free within queue_timeout_s ({limit:g} s); "
                                                  "retry later") from None
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():

@@ -11,12 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from srl_sdk.core.types import Seed, Temperature, TopP
 from srl_sdk.reasoning.driver import ReasonConfig, given_steps_to_steps, validate_problem
 from srl_sdk.serving.config import ServerConfig
 
 
-class ApiError(Exception):
-    """An HTTP error answered with the JSON body {"error": {"type", "message"}}."""
+class ErrorReply(Exception):
+    """An HTTP error answered with the JSON body {"error": {"type", "message"}}.
+
+    Server-side only: raised inside a request, turned into a response by spec.py. The client's
+    failures are srl_sdk.errors.APIError and its subclasses (a different tree, for callers)."""
 
     def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
         self.status = status
@@ -42,10 +46,10 @@ class Limits(BaseModel):
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     top_k: int | None = Field(default=None, ge=0, le=100_000)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    seed: Seed | None = None
 
 
 class ReasonRequest(BaseModel):
@@ -104,9 +108,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_p: TopP | None = None
     top_k: int | None = Field(default=None, ge=0)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    seed: Seed | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=65536)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=65536)
     n: Literal[1] = 1
@@ -130,7 +134,7 @@ def _capped(config: ServerConfig, merged: dict[str, Any]) -> ReasonConfig:
     for field, cap in checks:
         value = merged.get(field)
         if value is not None and value > cap:
-            raise ApiError(422, "invalid_request", f"{field}={value} is above this server's limit of {cap}; lower it")
+            raise ErrorReply(422, "invalid_request", f"{field}={value} is above this server's limit of {cap}; lower it")
     if merged.get("timeout_s") is None:
         merged["timeout_s"] = limits.default_timeout_s
     return ReasonConfig.model_validate(merged)
@@ -154,7 +158,7 @@ def chat_job(config: ServerConfig, body: ChatCompletionRequest, endpoint: str, t
     _check_model(config, body.model)
     users = [m for m in body.messages if m.role == "user"]
     if not users:
-        raise ApiError(422, "invalid_request", "messages hold no user message; send the problem as a user message")
+        raise ErrorReply(422, "invalid_request", "messages hold no user message; send the problem as a user message")
     problem = users[-1].text()
     overrides: dict[str, Any] = {
         "mode": body.mode,
@@ -172,7 +176,7 @@ def chat_job(config: ServerConfig, body: ChatCompletionRequest, endpoint: str, t
 
 def _check_model(config: ServerConfig, model: str | None) -> None:
     if model is not None and model != config.model_name:
-        raise ApiError(404, "model_not_found",
+        raise ErrorReply(404, "model_not_found",
                        f"model {model!r} is not served here; this server serves {config.model_name!r} (GET /v1/models)")
 
 
@@ -181,7 +185,7 @@ def _job(config: ServerConfig, problem: str, steps: list[str], overrides: dict[s
     from srl_sdk.errors import InputError
 
     if len(steps) > config.limits.max_given_steps:
-        raise ApiError(422, "invalid_request",
+        raise ErrorReply(422, "invalid_request",
                        f"{len(steps)} given steps; this server accepts at most {config.limits.max_given_steps}")
     merged = {**config.reason.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
@@ -189,9 +193,9 @@ def _job(config: ServerConfig, problem: str, steps: list[str], overrides: dict[s
         problem = validate_problem(problem)
         given_steps_to_steps(steps, checks=False)
     except InputError as exc:
-        raise ApiError(422, "invalid_request", str(exc)) from exc
+        raise ErrorReply(422, "invalid_request", str(exc)) from exc
     except ValueError as exc:  # pydantic ValidationError
-        raise ApiError(422, "invalid_request", f"invalid settings: {exc}") from exc
+        raise ErrorReply(422, "invalid_request", f"invalid settings: {exc}") from exc
     return {
         "trace_id": trace_id,
         "problem": problem,

@@ -43,9 +43,10 @@ from srl_sdk.serving import metrics, openai_compat, sse
 from srl_sdk.serving.auth import trace_owner, trace_reader
 from srl_sdk.serving.boundary import is_json_content_type, parse_json, public_error, server_paths
 from srl_sdk.serving.config import ServerConfig
-from srl_sdk.serving.lifecycle import WATCH_PERIOD_S, process_alive
+from srl_sdk.serving.lifecycle import INTERRUPTED_FLAG, WATCH_PERIOD_S, process_alive
+from srl_sdk.serving.replicas import follow_stored, run_bound, stranded_before
 from srl_sdk.serving.runs import RETRY_AFTER_S, Admission, Run
-from srl_sdk.serving.schemas import ApiError, ChatCompletionRequest, ReasonRequest, chat_job, reason_job
+from srl_sdk.serving.schemas import ErrorReply, ChatCompletionRequest, ReasonRequest, chat_job, reason_job
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 TRACE_ID_HEADER = "X-SRL-Trace-Id"  # sent before the first event: a client cut off even then can resume
@@ -54,14 +55,14 @@ INTERRUPTED = ("an inference worker of the server stopped during this run; the s
                "steps produced before are kept in the trace; run the request again")
 logger = logging.getLogger("srl_sdk.serving")
 MAX_TRACE_OFFSET = 10**9  # beyond SQLite's integers 1e23 was a 500; no store is this large anyway
-STORAGE_OFF = ApiError(404, "storage_disabled", "this server keeps no traces (store: false in its config)")
+STORAGE_OFF = ErrorReply(404, "storage_disabled", "this server keeps no traces (store: false in its config)")
 
 
-def error_response(exc: ApiError) -> JSONResponse:
+def error_response(exc: ErrorReply) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
-def rejected(exc: ApiError) -> JSONResponse:
+def rejected(exc: ErrorReply) -> JSONResponse:
     """A request refused before it reached a worker: counted, then answered."""
     metrics.REJECTED.labels(str(exc.status)).inc()
     return error_response(exc)
@@ -85,6 +86,7 @@ class StepSpec(LitSpec):
         self.add_endpoint("/v1/traces/{trace_id}", self.get_trace, ["GET"])
         self.add_endpoint("/v1/traces/{trace_id}/events", self.trace_events, ["GET"])
         self.add_endpoint("/v1/traces/{trace_id}/cancel", self.cancel_run, ["POST"])
+        self.add_endpoint("/v1/traces/{trace_id}/compare", self.compare, ["POST"])  # serving/ui.py
         self.add_endpoint("/v1/models", self.models, ["GET"])
         self.add_endpoint("/metrics", self.metrics, ["GET"])
 
@@ -121,7 +123,7 @@ class StepSpec(LitSpec):
 
     def _store_failed(self, exc: StoreError) -> JSONResponse:
         _, message = public_error(exc, server_paths(self.config))
-        return error_response(ApiError(503, "StoreError", message))
+        return error_response(ErrorReply(503, "StoreError", message))
 
     # -- health, from memory ------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -155,28 +157,28 @@ class StepSpec(LitSpec):
         browser send to 127.0.0.1 without a CORS preflight (see boundary.py)."""
         content_type = request.headers.get("content-type")
         if not is_json_content_type(content_type):
-            raise ApiError(415, "unsupported_media_type", "the body must be JSON sent with 'Content-Type: "
+            raise ErrorReply(415, "unsupported_media_type", "the body must be JSON sent with 'Content-Type: "
                            f"application/json', not {(content_type or 'no Content-Type')[:100]!r}")
         limit = self.config.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "payload_too_large", f"the body is {declared} bytes; this server accepts {limit}")
+            raise ErrorReply(413, "payload_too_large", f"the body is {declared} bytes; this server accepts {limit}")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes; send a shorter problem")
+                raise ErrorReply(413, "payload_too_large", f"the body is over {limit} bytes; send a shorter problem")
             chunks.append(chunk)
         data = parse_json(b"".join(chunks))
         if not isinstance(data, dict):
-            raise ApiError(422, "invalid_request", "the body must be a JSON object")
+            raise ErrorReply(422, "invalid_request", "the body must be a JSON object")
         try:
             return model.model_validate(data)
         except ValidationError as exc:
             details = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
             )
-            raise ApiError(422, "invalid_request", details) from exc
+            raise ErrorReply(422, "invalid_request", details) from exc
 
     # -- runs ---------------------------------------------------------------------------------
     @property
@@ -189,12 +191,12 @@ class StepSpec(LitSpec):
         return self._admission
 
     async def _start(self, job: dict, resumable: bool, received: float) -> Run:
-        """Admit `job` (ApiError 503 / 429 / 504 if not) and start reading its events.
+        """Admit `job` (ErrorReply 503 / 429 / 504 if not) and start reading its events.
 
         `received` is when the request arrived: the run's timeout_s counts from then."""
         self._watch_workers()
         if self._failure is not None:
-            raise ApiError(503, "server_unavailable", "an inference worker stopped and the server is restarting; "
+            raise ErrorReply(503, "server_unavailable", "an inference worker stopped and the server is restarting; "
                            "retry in a few seconds", headers={"Retry-After": str(RETRY_AFTER_S)})
         timeout_s = float(job["config"].get("timeout_s") or self.config.limits.max_timeout_s)
         await self.admission.enter(timeout_s - (time.monotonic() - received))
@@ -247,7 +249,12 @@ class StepSpec(LitSpec):
             self.admission.leave()
 
     async def _interrupt(self, run: Run) -> None:
-        """The worker died: close the trace as `interrupted`, then tell the listeners."""
+        """A worker died: close the trace as `interrupted`, then tell the listeners. A live worker
+        running it (several workers) is told to stop and record the same (worker.py)."""
+        try:
+            self.cancel_flags[run.trace_id] = INTERRUPTED_FLAG
+        except (OSError, EOFError, ConnectionError):
+            pass
         try:
             await asyncio.to_thread(self.store.close_unfinished, "interrupted", INTERRUPTED, [run.trace_id])
         except StoreError:
@@ -292,7 +299,7 @@ class StepSpec(LitSpec):
                     event = await asyncio.wait_for(inbox.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
-                        raise ApiError(499, "client_closed_request",
+                        raise ErrorReply(499, "client_closed_request",
                                        "the client closed the connection; the run was cancelled") from None
                     continue
                 if event["type"] == "token":
@@ -301,7 +308,7 @@ class StepSpec(LitSpec):
                     return event["trace"], tokens
                 elif event["type"] == "error":
                     err = event["error"]
-                    raise ApiError(int(err.get("status", 500)), err["type"],
+                    raise ErrorReply(int(err.get("status", 500)), err["type"],
                                    f"{err['message']} (trace {run.trace_id} records what was produced)")
         finally:
             run.leave(inbox)
@@ -315,18 +322,18 @@ class StepSpec(LitSpec):
         try:
             body = await self._body(request, ReasonRequest)
             job = reason_job(self.config, body, "/v1/reason", new_trace_id())
-        except ApiError as exc:
+        except ErrorReply as exc:
             return rejected(exc)
         job["owner"] = self._owner(request)
         try:
             run = await self._start(job, resumable=body.stream, received=received)
-        except ApiError as exc:
+        except ErrorReply as exc:
             return rejected(exc)
         metrics.REQUESTS.labels("/v1/reason").inc()
         if not body.stream:
             try:
                 trace, _ = await self._collect(run, request)
-            except ApiError as exc:
+            except ErrorReply as exc:
                 return error_response(exc)
             return JSONResponse(trace)
         inbox = run.listen(tokens=bool(job["tokens"]))
@@ -346,9 +353,9 @@ class StepSpec(LitSpec):
         try:
             trace_id, after = sse.parse_event_id(last_id)
         except ValueError as exc:
-            return error_response(ApiError(400, "invalid_last_event_id", str(exc)))
+            return error_response(ErrorReply(400, "invalid_last_event_id", str(exc)))
         if expected is not None and trace_id != expected:
-            return error_response(ApiError(400, "invalid_last_event_id",
+            return error_response(ErrorReply(400, "invalid_last_event_id",
                                            f"Last-Event-ID names trace {trace_id}, not {expected}"))
         headers = {**SSE_HEADERS, TRACE_ID_HEADER: trace_id}
         run = self._runs.get(trace_id)
@@ -361,11 +368,15 @@ class StepSpec(LitSpec):
             return error_response(STORAGE_OFF)
         try:
             trace = await asyncio.to_thread(self.store.get, trace_id, reader)
+            if trace.finish_reason is None and after is not None and self._another_replica_may_run(trace):
+                return StreamingResponse(follow_stored(self.store, trace, reader, after, run_bound(self.config),
+                                                      _end_frame, INTERRUPTED),
+                                         media_type="text/event-stream", headers=headers)
             if trace.finish_reason is None:  # no run here will finish it: a server stopped during it
                 await asyncio.to_thread(self.store.close_unfinished, "interrupted", INTERRUPTED, [trace_id])
                 trace = await asyncio.to_thread(self.store.get, trace_id, reader)
         except TraceNotFoundError as exc:
-            return error_response(ApiError(404, "trace_not_found", str(exc)))
+            return error_response(ErrorReply(404, "trace_not_found", str(exc)))
         except StoreError as exc:
             return self._store_failed(exc)
         frames: list[str] = []
@@ -376,13 +387,18 @@ class StepSpec(LitSpec):
             frames.append(_end_frame(trace))
         return StreamingResponse(_frames(frames), media_type="text/event-stream", headers=headers)
 
+    def _another_replica_may_run(self, trace: Any) -> bool:
+        """With a store shared by replicas, a young unfinished trace may be another server's live run."""
+        before = stranded_before(self.config, self.store)
+        return before is not None and trace.created_at >= before
+
     async def cancel_run(self, trace_id: str, request: Request) -> Response:
         """Cancel a run in progress now: what a client that stops reading on purpose sends (a lost
         connection instead keeps the run going for resume_grace_s). 404 if no such run is going."""
         run = self._runs.get(trace_id)
         reader = self._reader(request)
         if run is None or run.final is not None or (reader is not None and run.job.get("owner") != reader):
-            return error_response(ApiError(404, "run_not_found", f"no run in progress has trace id {trace_id!r}"))
+            return error_response(ErrorReply(404, "run_not_found", f"no run in progress has trace id {trace_id!r}"))
         run.cancel_now()
         return JSONResponse({"id": trace_id, "object": "trace.cancellation", "cancelled": True}, status_code=202)
 
@@ -392,21 +408,21 @@ class StepSpec(LitSpec):
         try:
             body = await self._body(request, ChatCompletionRequest)
             job = chat_job(self.config, body, "/v1/chat/completions", new_trace_id())
-        except ApiError as exc:
+        except ErrorReply as exc:
             return rejected(exc)
         job["owner"] = self._owner(request)
         if not body.stream:
             job["tokens"] = body.logprobs
         try:  # an OpenAI stream has no event ids, so it cannot be resumed: leaving cancels it at once
             run = await self._start(job, resumable=False, received=received)
-        except ApiError as exc:
+        except ErrorReply as exc:
             return rejected(exc)
         metrics.REQUESTS.labels("/v1/chat/completions").inc()
         model = self.config.model_name
         if not body.stream:
             try:
                 trace, tokens = await self._collect(run, request)
-            except ApiError as exc:
+            except ErrorReply as exc:
                 return error_response(exc)
             return JSONResponse(openai_compat.completion(trace, model, tokens, body.logprobs))
 
@@ -450,7 +466,7 @@ class StepSpec(LitSpec):
         try:
             trace = await asyncio.to_thread(self.store.get, trace_id, self._reader(request))
         except TraceNotFoundError as exc:
-            return error_response(ApiError(404, "trace_not_found", str(exc)))
+            return error_response(ErrorReply(404, "trace_not_found", str(exc)))
         except StoreError as exc:
             return self._store_failed(exc)
         return JSONResponse(trace.model_dump(mode="json"))
@@ -460,13 +476,19 @@ class StepSpec(LitSpec):
         if self.config.store is False:
             return error_response(STORAGE_OFF)
         if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_TRACE_OFFSET:
-            return rejected(ApiError(422, "invalid_request", f"limit must be 1..1000 and offset 0..{MAX_TRACE_OFFSET}"))
+            return rejected(ErrorReply(422, "invalid_request", f"limit must be 1..1000 and offset 0..{MAX_TRACE_OFFSET}"))
         try:
             rows = await asyncio.to_thread(self.store.list, limit, offset, self._reader(request))
         except StoreError as exc:
             return self._store_failed(exc)
         return JSONResponse({"object": "list", "data": [r.model_dump(mode="json") for r in rows],
                              "limit": limit, "offset": offset})
+
+    async def compare(self, trace_id: str, request: Request) -> Response:
+        """The trace against expert steps, by the SRL step similarity (serving/ui.py)."""
+        from srl_sdk.serving.ui import compare_route
+
+        return await compare_route(self, trace_id, request)
 
     async def models(self) -> Response:
         """The served model by name only: where its file lives is the server's business."""

@@ -26,8 +26,9 @@ except ImportError:  # pragma: no cover - other vLLM releases
         from vllm.entrypoints.openai.protocol import DeltaMessage
 
 
+# the base class is found at run time (require() above), so mypy cannot check it
 @ReasoningParserManager.register_module("srl")
-class SRLReasoningParser(ReasoningParser):
+class SRLReasoningParser(ReasoningParser):  # type: ignore[misc,valid-type]
     """Everything before `</think>` is reasoning (a prefilled `<think>` is allowed), the rest content."""
 
     def __init__(self, tokenizer: Any, *args: Any, **kwargs: Any) -> None:

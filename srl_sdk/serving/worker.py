@@ -22,12 +22,22 @@ Lifecycle (see lifecycle.py): the worker dies with the main process (PR_SET_PDEA
 the engine closes), and exits by itself, status EXIT_ENGINE_DEAD, when its engine reports itself
 dead (`Engine.alive()`, a crashed vLLM engine core): the server then fails its runs and stops.
 
-Engine load: a batching engine's gauges (vLLM's running/waiting requests) are copied every
-GAUGE_PERIOD_S into a second Manager dict, keyed by worker pid, which /metrics in the API process
-reads; engines that serve one sequence at a time publish nothing.
+Several workers (`workers: N`, LitServe's workers_per_device): each is a process with its own
+engine, placed on the device LitServe hands to setup() with its own CPU threads (placement.py);
+they take jobs from one shared queue, write to the one store, and are told apart by LitServe's
+worker index (LITSERVE_WORKER_ID), recorded in each trace's meta.server.worker.
+
+Per-worker figures: each worker copies its own (streams running, runs, steps, tokens, and a
+batching engine's gauges such as vLLM's running/waiting requests) into a second Manager dict,
+keyed by worker index, when a run starts or ends and every GAUGE_PERIOD_S; /metrics in the API
+process renders them with a `worker` label (metrics.WorkerMetrics).
 
 Cancellation: the API process marks a trace id in a Manager dict when its client leaves; a
 watcher here polls it and sets the run's `threading.Event`, which the engine checks per token.
+Only the worker running that trace watches its id, so a cancel reaches that worker alone. When
+another worker dies, the API process fails every run in flight and marks each with
+lifecycle.INTERRUPTED_FLAG: a live worker then stops the run and records it `interrupted`, as
+the client was told, instead of finishing it unseen or storing it `cancelled`.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from srl_sdk.reasoning.driver import Driver, Finished, ReasonConfig, TokenDelta,
 from srl_sdk.serving.auth import check_bearer
 from srl_sdk.serving.boundary import public_error, server_paths
 from srl_sdk.serving.config import ServerConfig
-from srl_sdk.serving.spec import StepSpec
+from srl_sdk.serving.spec import INTERRUPTED, StepSpec
 
 _END = object()
 logger = logging.getLogger("srl_sdk.serving")
@@ -75,25 +85,39 @@ class StepAPI(ls.LitAPI):
         self.config = config
         self.cancel_flags = cancel_flags
         self.engine_gauges = engine_gauges
-        self.engine = None
-        self.store = None
+        self.engine: Any = None  # an Engine, loaded in setup() (in the worker process)
+        self.store: Any = None  # a trace store, opened in setup()
+        self.worker = 0  # LitServe's index of this worker, set in setup()
+        self.device = "cpu"
         self._main_pid = _pid()  # built in the main process; the worker checks it is still there
 
     # -- worker lifecycle ---------------------------------------------------------------------
     def setup(self, device: str) -> None:
+        """Load this worker's engine on the device LitServe gave it (see placement.py)."""
+        import os
         import signal
 
         from srl_sdk.engines import load_engine
         from srl_sdk.serving.lifecycle import die_with_parent
+        from srl_sdk.serving.placement import engine_name, place
 
         die_with_parent(self._main_pid, signal.SIGTERM)  # SIGTERM: the engine closes before the exit
-        self.engine = load_engine(self.config.model, self.config.engine, **self.config.engine_options)
+        self.worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))  # LitServe sets it before setup
+        placement = place(engine_name(self.config.engine, self.config.model), device,
+                          self.config.engine_options, self.config.workers)
+        placement.apply_env()  # before the engine imports its CUDA library
+        self.device = placement.device
+        self.engine = load_engine(self.config.model, self.config.engine, **placement.options)
         _close_engine_on_sigterm(self.engine, self._main_pid)
         self.store = self.config.trace_store()  # a DisabledStore with `store: false`
         size = self.config.limits.streams_per_worker
         self._pool = ThreadPoolExecutor(max_workers=size + 2, thread_name_prefix="srl-driver")
-        if self.engine_gauges is not None and self.engine.gauges():
-            threading.Thread(target=self._publish_gauges, name="srl-gauges", daemon=True).start()
+        self._running = 0
+        self._counts = {"runs": 0, "steps": 0, "tokens": 0}
+        self._changed = threading.Event()
+        if self.engine_gauges is not None:
+            self._publish_now()  # before the first request: /metrics lists every worker from the start
+            threading.Thread(target=self._publish, name="srl-worker-metrics", daemon=True).start()
         threading.Thread(target=self._watch_engine, name="srl-engine-watch", daemon=True).start()
 
     def _watch_engine(self) -> None:
@@ -111,15 +135,24 @@ class StepAPI(ls.LitAPI):
         closing.join(10)
         os._exit(EXIT_ENGINE_DEAD)
 
-    def _publish_gauges(self) -> None:
-        """Copy the engine's gauges to the API process until the manager goes away (server stopping)."""
-        key = str(_pid())
+    def _figures(self) -> dict[str, Any]:
+        """What /metrics shows for this worker (metrics.WorkerMetrics renders it)."""
+        return {"device": self.device, "slots": self.config.limits.streams_per_worker,
+                "running": self._running, **self._counts, "engine": self.engine.gauges()}
+
+    def _publish_now(self) -> None:
+        self.engine_gauges[str(self.worker)] = self._figures()
+
+    def _publish(self) -> None:
+        """Copy this worker's figures to the API process when a run starts or ends, and every
+        GAUGE_PERIOD_S (token counts, engine gauges), until the manager goes away (server stopping)."""
         while True:
+            self._changed.wait(GAUGE_PERIOD_S)
+            self._changed.clear()
             try:
-                self.engine_gauges[key] = self.engine.gauges()
+                self._publish_now()
             except Exception:  # the manager is gone (server stopping) or the engine is closing
                 return
-            time.sleep(GAUGE_PERIOD_S)
 
     def authorize(self, request: Request, authorization: str | None = Header(default=None)) -> None:
         """`Authorization: Bearer <key>` on every route but /health (LitServe uses this as a dependency)."""
@@ -135,10 +168,15 @@ class StepAPI(ls.LitAPI):
     async def predict(self, job: dict) -> AsyncIterator[dict]:
         from srl_sdk.serving.lifecycle import release_slot
 
+        self._running += 1
+        self._counts["runs"] += 1
+        self._changed.set()
         try:
             async for event in self._run(job):
                 yield event
         finally:
+            self._running -= 1
+            self._changed.set()
             release_slot()  # taken when this worker took the job from the queue
 
     async def _save(self, trace: Trace, owner: str | None) -> None:
@@ -166,7 +204,8 @@ class StepAPI(ls.LitAPI):
             request={"config": config.model_dump(), "given_steps": len(given), **job["request"]},
             steps=given,
         )
-        partial.meta["server"] = {"model": self.config.model_name}  # no pid or path: traces are served to clients
+        # which worker ran it (LitServe's index, as in /metrics); no pid or path: traces are served to clients
+        partial.meta["server"] = {"model": self.config.model_name, "worker": self.worker}
         events = Driver(self.engine, run_config).events(job["problem"], job["steps"], cancel=cancel, trace_id=trace_id)
         watcher = asyncio.create_task(self._watch(trace_id, cancel))
         try:
@@ -176,15 +215,19 @@ class StepAPI(ls.LitAPI):
                 if event is _END:
                     break
                 if isinstance(event, TokenDelta):
+                    self._counts["tokens"] += 1
                     if job["tokens"]:
                         yield {"type": "token", "step_index": event.step_index, "phase": event.phase,
                                "text": event.text, "logprob": event.logprob}
                 elif isinstance(event, Step):
+                    self._counts["steps"] += 1
                     partial.steps.append(event)
                     await self._save(partial, job.get("owner"))
                     yield {"type": "step", "step": event.model_dump(mode="json")}
                 elif isinstance(event, Finished):
                     trace = event.trace
+                    if trace.finish_reason == "cancelled" and self._interrupted(trace_id):
+                        _record_interrupted(trace)
                     trace.request["config"] = config.model_dump()  # as asked, not the time left after the queue
                     trace.request.update(job["request"])
                     trace.meta.update(partial.meta)
@@ -195,6 +238,8 @@ class StepAPI(ls.LitAPI):
             logger.error("run %s failed: %s: %s", trace_id, type(exc).__name__, exc, exc_info=not isinstance(exc, SRLError))
             partial.finish_reason = "error"
             partial.meta["error"] = {"type": kind, "message": message}
+            if self._interrupted(trace_id):  # the server is failing this run anyway (another worker died)
+                _record_interrupted(partial)
             try:
                 await self._save(partial, job.get("owner"))
             except StoreError:  # the store is what failed (read-only, disk full): the client still hears why
@@ -219,6 +264,15 @@ class StepAPI(ls.LitAPI):
         except (OSError, EOFError, ConnectionError):  # the manager is gone: the server is stopping
             return True
 
+    def _interrupted(self, trace_id: str) -> bool:
+        """The API process failed this run because another worker died (lifecycle.INTERRUPTED_FLAG)."""
+        from srl_sdk.serving.lifecycle import INTERRUPTED_FLAG
+
+        try:
+            return self.cancel_flags.get(trace_id) == INTERRUPTED_FLAG
+        except (OSError, EOFError, ConnectionError):
+            return False
+
     def _forget(self, trace_id: str) -> None:
         try:
             self.cancel_flags.pop(trace_id, None)
@@ -229,6 +283,13 @@ class StepAPI(ls.LitAPI):
         """Called in the API process, from memory: LitServe already requires every worker to have
         loaded its model; this adds that none has died since (503 until the server restarts)."""
         return self.spec.healthy()
+
+
+def _record_interrupted(trace: Trace) -> None:
+    """What the API process told the client and wrote to the store (spec._interrupt), so this
+    worker's last save agrees with it instead of overwriting it with `cancelled`."""
+    trace.finish_reason = "interrupted"
+    trace.meta["error"] = {"type": "interrupted", "message": INTERRUPTED}
 
 
 def _close_engine_on_sigterm(engine: Any, main_pid: int) -> None:

@@ -13,6 +13,7 @@ pruning runs when the store opens and after each finished trace is saved, with i
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from srl_sdk.core.paths import srl_home
 from srl_sdk.core.steps import Trace
 from srl_sdk.errors import StoreError, TraceNotFoundError
 
@@ -51,8 +53,7 @@ FILE_MODE = 0o600
 
 def default_store_path() -> Path:
     """$SRL_HOME/traces.db, else ~/.srl/traces.db."""
-    home = Path(os.environ.get("SRL_HOME") or Path.home() / ".srl")
-    return home / "traces.db"
+    return srl_home() / "traces.db"
 
 
 class TraceSummary(BaseModel):
@@ -71,6 +72,8 @@ class TraceStore:
 
     `max_traces` / `max_age_days` (None: unbounded) bound what the store keeps; the oldest
     traces go first."""
+
+    shared = False  # one server per file: its unfinished traces at start-up are its own leftovers
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, max_traces: int | None = None,
                  max_age_days: float | None = None) -> None:
@@ -224,17 +227,22 @@ class TraceStore:
     def count(self) -> int:
         return int(self._connection().execute("SELECT COUNT(*) FROM traces").fetchone()[0])
 
-    def close_unfinished(self, reason: str, message: str, ids: list[str] | None = None) -> int:
-        """Mark traces that have no finish_reason yet (all, or those in `ids`) as finished with
-        `reason`, with meta.error = {type: reason, message}; returns how many. A server does this for
-        the runs its dead worker left, and at start-up for the runs a killed server left: a trace
-        nobody will ever finish must not look like one still in progress. One UPDATE, no reads."""
+    def close_unfinished(self, reason: str, message: str, ids: builtins.list[str] | None = None,
+                         before: datetime | None = None) -> int:
+        """Mark traces that have no finish_reason yet (all, those in `ids`, those created before
+        `before`) as finished with `reason`, with meta.error = {type: reason, message}; returns how
+        many. A server does this for the runs its dead worker left, and at start-up for the runs a
+        killed server left: a trace nobody will ever finish must not look like one still in
+        progress. One UPDATE, no reads."""
         where, args = "WHERE finish_reason IS NULL", []
         if ids is not None:
             if not ids:
                 return 0
             where += f" AND id IN ({', '.join('?' * len(ids))})"
             args = list(ids)
+        if before is not None:
+            where += " AND created_at < ?"
+            args.append(before.isoformat())
         error = json.dumps({"type": reason, "message": message})
         try:
             with self._connect() as conn:
@@ -273,6 +281,7 @@ class DisabledStore:
     trace routes itself (storage is off) rather than reporting traces as missing."""
 
     path = None
+    shared = False
 
     def save(self, trace: Trace, owner: str | None = None) -> str:
         return trace.id
@@ -289,7 +298,8 @@ class DisabledStore:
     def count(self) -> int:
         return 0
 
-    def close_unfinished(self, reason: str, message: str, ids: list[str] | None = None) -> int:
+    def close_unfinished(self, reason: str, message: str, ids: builtins.list[str] | None = None,
+                         before: datetime | None = None) -> int:
         return 0
 
     def close(self) -> None:

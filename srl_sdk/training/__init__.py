@@ -5,9 +5,9 @@ Modules (heavy libraries are imported only by the modules that need them):
   drop report, split by problem (no torch)
 - rewards: the SRL step reward and the RLVR outcome reward in TRL's reward-function shape (no torch)
 - recipe: TrainRecipe, the YAML schema of a run (no torch)
-- models: GGUF -> cached HF folder (`gguf_to_hf_dir`), model / tokenizer loading
 - dynamic_sampling: SRLConfig + SRLTrainer (GRPO with dynamic sampling)
 - trainers: `train(recipe, output_dir, resume=, overwrite=)`
+- distributed: rank 0 does the run-folder work, the other ranks wait and share its answer; rank agreement
 - reports: metrics.jsonl callback and the curves PNG
 - evaluate: held-out before/after table
 - commands: `srl train` and `srl eval`

@@ -9,7 +9,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from srl_sdk.cli import console, err_console, friendly_errors
+    from srl_sdk.cli_common import console, err_console, friendly_errors
 
     @app.command("train")
     @friendly_errors
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
             last = run / recipe.stages()[-1] / "final"
             if not last.is_dir():
                 raise InputError(f"{last} does not exist: the run is unfinished; finish it with srl train --resume")
-            from srl_sdk.training.models import resolve_hf_model
+            from srl_sdk.engines.hf_folder import resolve_hf_model
 
             # the base model in the same engine and precision as the trained one (a fair before/after)
             pairs = [("base", resolve_hf_model(recipe.model)), ("trained", str(last))]
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         problems = held_out_problems(run, config, split="all" if split == "all" and run is None else "validation")
         eval_config = EvalConfig(
             max_problems=limit, max_step_instances=step_instances, k=k, n_threads=threads, max_steps=max_steps,
-            max_thought_tokens=thought_tokens, max_action_tokens=action_tokens, step_mode=step_mode, greedy=greedy,
+            max_thought_tokens=thought_tokens, max_action_tokens=action_tokens, step_mode=step_mode, greedy=greedy,  # type: ignore[arg-type]
             resamples=resamples, seed=seed,
         )
         report = evaluate(

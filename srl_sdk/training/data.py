@@ -32,7 +32,6 @@ both sets would leak the answer into validation.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -44,6 +43,7 @@ from srl_sdk.core.answers import Verifier, check_verifier, extract_answer, parse
 from srl_sdk.core.checks import check_arithmetic
 from srl_sdk.core.format import FINAL_MARKER, THINK_CLOSE, THINK_OPEN, free_messages, step_messages
 from srl_sdk.core.instances import StepRange
+from srl_sdk.core.jsonl import read_jsonl, row_field
 from srl_sdk.core.similarity import StepLines, step_lines_for
 from srl_sdk.core.splitting import ExpertSolution, SplitStyle, split_solution
 from srl_sdk.errors import ConfigError, InputError, require
@@ -143,16 +143,6 @@ class TrainValSplit(BaseModel):
 # -- reading ------------------------------------------------------------------------------------
 
 
-def row_field(row: dict[str, Any], explicit: str | None, defaults: Sequence[str]) -> Any:
-    """The value of the field the user named, else of the first default name that is set."""
-    if explicit is not None:
-        return row.get(explicit)
-    for name in defaults:
-        if row.get(name) is not None:
-            return row[name]
-    return None
-
-
 def _with_final_marker(steps: list[str], answer: str) -> list[str]:
     """The last step carries `#### answer`, as the step protocol asks of a final step."""
     if extract_answer(steps[-1]) is None:
@@ -217,25 +207,12 @@ def parse_row(row: Any, where: str, config: DataConfig, report: DropReport) -> E
 
 
 def _jsonl_rows(path: Path, report: DropReport) -> Iterator[tuple[str, Any]]:
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}; check the path in the recipe's data.path") from exc
-    with handle:
-        for lineno, raw in enumerate(handle, start=1):
-            where = f"{path.name}:{lineno}"
-            if not raw.strip():
-                continue
-            report.read += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                report.drop(NOT_UTF8, where)
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError:
-                report.drop(NOT_JSON, where)
+    for line in read_jsonl(path, hint="check the path in the recipe's data.path"):
+        report.read += 1
+        if line.error is not None:
+            report.drop(line.error, line.where)  # NOT_UTF8 or NOT_JSON
+        else:
+            yield line.where, line.value
 
 
 def _hf_rows(config: DataConfig, report: DropReport) -> Iterator[tuple[str, Any]]:

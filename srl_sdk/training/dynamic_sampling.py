@@ -100,6 +100,7 @@ class SRLTrainer(GRPOTrainer):
             use_reload_weights_sync(self)
         self._captured_rewards_per_func: torch.Tensor | None = None
         self.last_dropped_rows: dict[str, Any] | None = None
+        self.dynamic_sampling_rounds: list[int] = []  # rounds of every training batch (equal on every rank)
         if getattr(self.args, "dynamic_sampling", False):
             if not hasattr(self.train_dataset, "__getitem__") or not hasattr(self.train_dataset, "__len__"):
                 raise ConfigError("dynamic sampling draws fresh prompts by index: pass a map-style (not iterable) dataset")
@@ -164,6 +165,7 @@ class SRLTrainer(GRPOTrainer):
         n_spare = sum(int(p["advantages"].size(0)) for p in spare_parts)
         # the rows set aside, for inspection (tests, debugging); never trained on unless padding
         self.last_dropped_rows = self._concat_rows(spare_parts, n_spare, gather_items=False) if n_spare else None
+        self.dynamic_sampling_rounds.append(rounds)
         metrics = self._metrics["train"]
         metrics["dynamic_sampling/kept_ratio"].append(first_ratio)
         metrics["dynamic_sampling/rounds"].append(float(rounds))

@@ -47,7 +47,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -360,7 +360,7 @@ def driver_step(engine: "Engine", problem: str, given: Sequence[str], config: Ev
     return GeneratedStep(thought=step.thought, action=step.action, format_ok=step.format_ok, tokens=step.tokens)
 
 
-def _reason_base(config: EvalConfig, max_steps: int | None = None) -> dict[str, object]:
+def _reason_base(config: EvalConfig, max_steps: int | None = None) -> dict[str, Any]:
     return dict(
         mode="stepwise", max_steps=max_steps or config.max_steps, max_thought_tokens=config.max_thought_tokens,
         max_action_tokens=config.max_action_tokens, checks=False,
@@ -464,7 +464,7 @@ def evaluate_model(
         raise InputError("no problems to evaluate on; check the data or the run's held-out set")
     ids = _problem_ids(problems)
     owned = isinstance(model, (str, os.PathLike))
-    eng = _engine(str(model), engine, config.n_threads) if owned else model
+    eng = _engine(str(model), engine, config.n_threads) if isinstance(model, (str, os.PathLike)) else model
     try:
         problem_records = _solve_problems(eng, problems, ids, config) if config.greedy else []
         step_started = time.perf_counter()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from srl_sdk.core.atomic import replace_file, write_atomic
+from srl_sdk.core.jsonl import read_jsonl
 from srl_sdk.errors import require
 
 __all__ = ["MetricsJsonlCallback", "read_metrics", "plot_metrics", "METRICS_FILE", "PLOT_FILE"]
@@ -65,22 +66,12 @@ class MetricsJsonlCallback(_metrics_callback_base()):  # type: ignore[misc]
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl; a torn last line (a kill mid-write) is skipped, not fatal."""
-    rows: list[dict[str, Any]] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    if not Path(path).is_file():
+        return []
+    return [line.value for line in read_jsonl(path) if isinstance(line.value, dict)]
 
 
-_PANELS = (
+_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reward", ("reward", "loss")),
     ("dynamic sampling kept ratio", ("dynamic_sampling/kept_ratio",)),
     ("validation", ("eval_reward", "eval_loss")),

@@ -51,7 +51,8 @@ from srl_sdk.training.data import (
     split_by_trajectory,
     srl_examples,
 )
-from srl_sdk.training.models import cap_torch_threads, load_causal_lm, load_tokenizer, resolve_hf_model
+from srl_sdk.training.distributed import barrier, ensure_process_group, is_main_process, on_main_first, rank_report
+from srl_sdk.engines.hf_folder import cap_torch_threads, load_causal_lm, load_tokenizer, resolve_hf_model
 from srl_sdk.training.recipe import StageSettings, TrainRecipe
 from srl_sdk.training.reports import METRICS_FILE, PLOT_FILE, MetricsJsonlCallback, plot_metrics
 
@@ -118,7 +119,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def latest_checkpoint(stage_dir: Path) -> Path | None:
-    """Newest checkpoint whose trainer_state.json exists; incomplete ones are renamed aside."""
+    """Newest checkpoint whose trainer_state.json exists; incomplete ones are renamed aside.
+
+    Renames: call it on one rank only (`run_stage` calls it on rank 0 and shares the answer).
+    """
     candidates = []
     for path in stage_dir.glob("checkpoint-*"):
         suffix = path.name.rpartition("-")[2]
@@ -180,7 +184,7 @@ def _common_args(recipe: TrainRecipe, stage: StageSettings, stage_dir: Path, dev
     if evaluating:
         args["eval_steps"] = stage.eval_steps
         if stage.select_best:
-            if stage.save_steps % stage.eval_steps:
+            if stage.eval_steps is None or stage.save_steps % stage.eval_steps:
                 raise ConfigError("select_best needs save_steps to be a multiple of eval_steps")
             args["load_best_model_at_end"] = True
     if device == "cpu" and recipe.precision == "bf16":
@@ -326,13 +330,30 @@ def _save_final(trainer, recipe: TrainRecipe, base_model: str, stage_dir: Path) 
     final = stage_dir / "final"
     adapter = stage_dir / "adapter" if recipe.lora.enabled else None
     saved = stage_dir / ("adapter.tmp" if adapter else "final.tmp")
-    shutil.rmtree(saved, ignore_errors=True)
-    trainer.save_model(str(saved))  # handles DDP / FSDP / DeepSpeed gathering
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(saved, ignore_errors=True)
+    _full_state_dict_for_fsdp(trainer)
+    trainer.save_model(str(saved))  # handles DDP / FSDP / DeepSpeed gathering (every rank joins)
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         _merge_into_final(trainer.processing_class, recipe, base_model, stage_dir, saved, adapter, final)
     trainer.accelerator.wait_for_everyone()  # the next stage loads final/ on every rank
     return final, adapter
+
+
+def _full_state_dict_for_fsdp(trainer) -> None:
+    """Under FSDP, gather a full state dict for the final save whatever the config says.
+
+    With `fsdp_state_dict_type: SHARDED_STATE_DICT`, `Trainer.save_model` writes nothing at all
+    (transformers 5.x saves only when the type is FULL_STATE_DICT), so there would be no
+    `adapter_model.safetensors` for the merge. Checkpoints keep the configured type (sharded
+    checkpoints are fine for resume); only the final save switches.
+    """
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return
+    plugin = trainer.accelerator.state.fsdp_plugin
+    if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        plugin.set_state_dict_type("FULL_STATE_DICT")
 
 
 def _merge_into_final(tokenizer, recipe: TrainRecipe, base_model: str, stage_dir: Path, saved: Path, adapter: Path | None, final: Path) -> None:
@@ -354,14 +375,21 @@ def _merge_into_final(tokenizer, recipe: TrainRecipe, base_model: str, stage_dir
 def run_stage(name: str, recipe: TrainRecipe, base_model: str, split: TrainValSplit, output: Path, report: DropReport, *, resume: bool) -> StageResult:
     stage_dir = output / name
     final = stage_dir / "final"
-    restore_aside(final)  # a swap cut short (file systems without an atomic exchange) left it aside
+
+    def inspect_stage() -> Path | None:
+        restore_aside(final)  # a swap cut short (file systems without an atomic exchange) left it aside
+        if (final / DONE_MARKER).is_file() and resume:
+            return None
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        return latest_checkpoint(stage_dir) if resume else None
+
+    # rank 0 alone renames and creates; the others wait and get its answer (training/distributed.py)
+    checkpoint = on_main_first(inspect_stage, f"preparing stage {name} in {stage_dir}")
     if (final / DONE_MARKER).is_file():
         if resume:
             state = json.loads((stage_dir / "state.json").read_text()) if (stage_dir / "state.json").is_file() else {}
             return StageResult(stage=name, directory=stage_dir, final_model=final, adapter=(stage_dir / "adapter") if recipe.lora.enabled else None,
                                global_step=int(state.get("global_step", 0)), skipped=True)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = latest_checkpoint(stage_dir) if resume else None
     trainer = build_trainer(name, recipe, base_model, split, stage_dir, report)
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -369,8 +397,11 @@ def run_stage(name: str, recipe: TrainRecipe, base_model: str, split: TrainValSp
         raise TrainingError(
             f"training of stage {name} was interrupted; continue it with --resume (checkpoints in {stage_dir})"
         ) from None
+    ranks = rank_report(trainer)  # every rank joins; raises if the replicas drifted apart
     final, adapter = _save_final(trainer, recipe, base_model, stage_dir)
-    _atomic_write(stage_dir / "state.json", json.dumps({"global_step": trainer.state.global_step, "resumed_from": str(checkpoint) if checkpoint else None}))
+    if trainer.accelerator.is_main_process:
+        _atomic_write(stage_dir / "state.json", json.dumps(
+            {"global_step": trainer.state.global_step, "resumed_from": str(checkpoint) if checkpoint else None, **ranks}))
     return StageResult(stage=name, directory=stage_dir, final_model=final, adapter=adapter,
                        global_step=trainer.state.global_step, resumed_from=checkpoint)
 
@@ -378,23 +409,19 @@ def run_stage(name: str, recipe: TrainRecipe, base_model: str, split: TrainValSp
 # -- a whole run --------------------------------------------------------------------------------
 
 
-def _is_main_process() -> bool:
-    """Rank 0 under `accelerate launch` / torchrun (set before any process group exists)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def train(recipe: TrainRecipe, output_dir: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Run every stage of the recipe into `output_dir` (see the module docstring for the layout).
 
-    Under a multi-process launch every rank runs this; only rank 0 prepares the folder and writes
-    the run files (the trainers synchronise the rest).
+    Under a multi-process launch every rank runs this; only rank 0 prepares the folder, converts
+    the model and writes the run files while the others wait for it (training/distributed.py);
+    the trainers synchronise the rest.
     """
     output = Path(output_dir).expanduser()
     if "rlvr" in recipe.stages():
         check_verifier(recipe.rlvr.verifier)  # math-verify missing must not surface after a whole SRL stage
-    main = _is_main_process()
-    if main:
-        prepare_output_dir(output, recipe, resume=resume, overwrite=overwrite)
+    ensure_process_group()
+    main = is_main_process()
+    on_main_first(lambda: prepare_output_dir(output, recipe, resume=resume, overwrite=overwrite), f"preparing {output}")
     items, report = load_trajectories(recipe.data)
     split = split_by_trajectory(items, recipe.data)
     if main:
@@ -409,7 +436,8 @@ def train(recipe: TrainRecipe, output_dir: str | os.PathLike[str], *, resume: bo
                 indent=1,
             ),
         )
-    base_model = resolve_hf_model(recipe.model)
+    base_model = on_main_first(lambda: resolve_hf_model(recipe.model), f"converting {recipe.model}")  # one conversion, not one per rank
+    barrier()  # data.json is written before any rank goes on
     results: list[StageResult] = []
     for name in recipe.stages():
         result = run_stage(name, recipe, base_model, split, output, report, resume=resume)

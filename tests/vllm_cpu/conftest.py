@@ -42,7 +42,7 @@ def engine_kwargs() -> dict:
 def smollm2_hf_dir() -> Path:
     """The SDK's own GGUF -> HF conversion of the embedded SmolLM2 (cached across runs)."""
     from srl_sdk.engines.models import smollm2_gguf_path
-    from srl_sdk.training.models import _gguf_cache_name, gguf_to_hf_dir
+    from srl_sdk.engines.hf_folder import _gguf_cache_name, gguf_to_hf_dir
 
     gguf = smollm2_gguf_path()
     return gguf_to_hf_dir(gguf, out_dir=MODEL_CACHE / _gguf_cache_name(gguf))

@@ -1,20 +1,18 @@
-"""VLLMEngine on the real vLLM CPU build: streaming, logprobs, stops, cancel/abort, batching, errors."""
+"""VLLMEngine on the real vLLM CPU build: the Engine contract (tests/engine_contract.py) and what
+only vLLM does: aborting requests inside its scheduler, batching concurrent streams, its errors."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import sys
-import threading
 import time
 
 import pytest
+from engine_contract import EngineContract
 
 from srl_sdk.engines import SamplingParams, load_engine
-from srl_sdk.errors import ConfigError, ContextOverflowError, EngineError, MissingDependencyError, ModelError
-from srl_sdk.reasoning.driver import Driver, ReasonConfig
-
-PROBLEM = "Tom has 12 apples and buys 30 more. How many apples does he have?"
+from srl_sdk.errors import ConfigError, MissingDependencyError, ModelError
 
 
 @pytest.fixture(scope="module")
@@ -37,27 +35,6 @@ def vllm_children() -> list:
     return found
 
 
-def test_stream_greedy_with_logprobs_and_stop(engine):
-    prompt = engine.render([{"role": "user", "content": "What is 12 + 30?"}])
-    assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
-    events = list(engine.stream(prompt, SamplingParams(max_tokens=48, stop=["\n"])))
-    assert events[-1].finish_reason in ("stop", "length")
-    tokens = [e for e in events if e.token_id is not None]
-    assert tokens and all(e.logprob is not None and e.logprob <= 0.0 for e in tokens)
-    text = "".join(e.text for e in events)
-    assert text.strip() and "\n" not in text
-    again = "".join(e.text for e in engine.stream(prompt, SamplingParams(max_tokens=48, stop=["\n"])))
-    assert again == text  # greedy is deterministic
-
-
-def test_seeded_sampling_repeats(engine):
-    prompt = engine.render([{"role": "user", "content": "Name a fruit."}])
-    params = SamplingParams(max_tokens=16, temperature=1.0, seed=7)
-    first = "".join(e.text for e in engine.stream(prompt, params))
-    second = "".join(e.text for e in engine.stream(prompt, params))
-    assert first == second
-
-
 def test_closing_the_stream_aborts_the_request(engine):
     prompt = engine.render([{"role": "user", "content": "Count from 1 to 500."}])
     stream = engine.stream(prompt, SamplingParams(max_tokens=400, temperature=1.0, seed=1))
@@ -68,21 +45,6 @@ def test_closing_the_stream_aborts_the_request(engine):
     while engine.running_requests() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.running_requests() == 0 and len(got) == 3
-    # the engine serves the next request normally
-    assert list(engine.stream(prompt, SamplingParams(max_tokens=4)))[-1].finish_reason == "length"
-
-
-def test_cancel_event_ends_stream_as_cancelled(engine):
-    prompt = engine.render([{"role": "user", "content": "Count from 1 to 500."}])
-    cancel = threading.Event()
-    events = []
-    for event in engine.stream(prompt, SamplingParams(max_tokens=400), cancel):
-        events.append(event)
-        if len(events) == 2:
-            cancel.set()
-    assert events[-1].finish_reason == "cancelled" and len(events) < 10
-    time.sleep(0.3)
-    assert engine.running_requests() == 0
 
 
 def test_concurrent_async_streams_are_batched(engine):
@@ -121,18 +83,6 @@ def test_async_stream_closed_early_aborts(engine):
     assert asyncio.run(run()) == 0
 
 
-def test_driver_steps_on_vllm(engine):
-    trace = Driver(engine, ReasonConfig(max_steps=2, max_thought_tokens=32, max_action_tokens=32)).solve(PROBLEM)
-    assert 1 <= len(trace.steps) <= 2
-    assert trace.engine == "vllm"
-    assert all(step.confidence is not None for step in trace.steps)
-
-
-def test_prompt_longer_than_context_is_refused(engine):
-    with pytest.raises(ContextOverflowError):
-        engine.stream("word " * 3000, SamplingParams(max_tokens=4))
-
-
 def test_model_folder_without_weights_or_config(tmp_path, smollm2_hf_dir):
     no_config = tmp_path / "no_config"
     no_config.mkdir()
@@ -159,11 +109,14 @@ def test_missing_vllm_names_the_env_command(smollm2_hf_dir, monkeypatch):
         load_engine(smollm2_hf_dir, "vllm")
 
 
-def test_close_leaves_no_vllm_process(engine):
-    """Runs last in this module: closes the module's engine (one vLLM at a time on this machine)."""
+@pytest.fixture
+def closed_engine(engine):
+    """The module's engine, closed: no vLLM process may be left (one vLLM at a time on this machine)."""
     assert vllm_children(), "the engine runs no vLLM process to begin with"
     engine.close()
     assert not vllm_children()
-    engine.close()  # twice is fine
-    with pytest.raises(EngineError, match="closed"):
-        engine.stream("hello", SamplingParams(max_tokens=2))
+    return engine
+
+
+class TestVLLMEngineContract(EngineContract):
+    """Last in this module: the contract's last test closes the module's engine."""

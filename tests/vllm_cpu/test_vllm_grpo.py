@@ -33,7 +33,7 @@ def make_trainer(hf_dir, gsm8k_path, tmp_path):
 
     from srl_sdk.training.data import chat_prompt_renderer, srl_examples
     from srl_sdk.training.dynamic_sampling import SRLConfig, SRLTrainer
-    from srl_sdk.training.models import cap_torch_threads, load_causal_lm, load_tokenizer
+    from srl_sdk.engines.hf_folder import cap_torch_threads, load_causal_lm, load_tokenizer
     from srl_sdk.training.rewards import srl_step_reward
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of RAM for vLLM's KV cache (TRL passes none)

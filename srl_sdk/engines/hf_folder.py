@@ -1,4 +1,7 @@
-"""Model loading for training (and for anyone who needs a plain Hugging Face directory).
+"""A plain Hugging Face model folder from anything a user names, and transformers loading.
+
+It sits in engines/ because every part needs it: the transformers and vLLM engines, the edge
+exporters and training all load HF folders.
 
 Training needs an fp32/bf16 transformers model, but the embedded default model ships only as a
 Q4_1 GGUF. transformers can read a GGUF (it dequantizes to fp32), yet the loaded model stays
@@ -21,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from srl_sdk.core.atomic import place_dir
+from srl_sdk.core.paths import srl_home
 from srl_sdk.engines.models import is_alias, resolve_gguf
 from srl_sdk.errors import ConfigError, ModelError, require
 
 __all__ = [
-    "srl_home",
     "hf_cache_dir",
     "gguf_to_hf_dir",
     "resolve_hf_model",
@@ -36,11 +39,6 @@ __all__ = [
 ]
 
 _COMPLETE_MARKER = ".srl-complete"
-
-
-def srl_home() -> Path:
-    """$SRL_HOME, else ~/.srl (the same root the trace store uses)."""
-    return Path(os.environ.get("SRL_HOME") or Path.home() / ".srl").expanduser()
 
 
 def hf_cache_dir() -> Path:
