@@ -132,7 +132,10 @@ def test_main_process_killed_takes_its_children_and_the_next_server_closes_its_t
     print(f"all children gone {time.monotonic() - killed:.2f} s after SIGKILL of the main process")
     server.process.wait(10)
     assert port_is_free(server.port)
-    assert unfinished(server.store) == [trace_id], "the killed server's run should be left unfinished"
+    # the worker dies with its parent; if it outlives it by a moment it records the run as
+    # interrupted itself (its cancel-flag manager is gone), else the next start-up closes it so
+    left = TraceStore(server.store).get(trace_id)
+    assert left.finish_reason in (None, "interrupted"), f"the killed server's run was recorded {left.finish_reason}"
 
     again = srl_server(engine_options={"n_ctx": 2048}, store=str(server.store))  # same store
     assert unfinished(server.store) == [], "start-up did not close the trace a killed server left"

@@ -265,13 +265,15 @@ class StepAPI(ls.LitAPI):
             return True
 
     def _interrupted(self, trace_id: str) -> bool:
-        """The API process failed this run because another worker died (lifecycle.INTERRUPTED_FLAG)."""
+        """The API process failed this run because another worker died (lifecycle.INTERRUPTED_FLAG),
+        or the manager is gone because the server is dying: either way the run is `interrupted`, as
+        the API process and the next start-up record it, never `cancelled` (no client asked)."""
         from srl_sdk.serving.lifecycle import INTERRUPTED_FLAG
 
         try:
             return self.cancel_flags.get(trace_id) == INTERRUPTED_FLAG
         except (OSError, EOFError, ConnectionError):
-            return False
+            return True
 
     def _forget(self, trace_id: str) -> None:
         try:
