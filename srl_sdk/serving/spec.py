@@ -457,19 +457,24 @@ class StepSpec(LitSpec):
         return self._follow(run, inbox, render, SSE_HEADERS)
 
     # -- GET routes ---------------------------------------------------------------------------
-    async def get_trace(self, trace_id: str, request: Request) -> Response:
-        """One trace, if the request's key made it (or is an admin key); else 404 as if absent."""
+    async def _stored_trace(self, trace_id: str, request: Request) -> Any:
+        """The stored trace if the request's key made it (or is an admin key), else the error
+        Response to send: 404 as if absent, storage off, or the store failing."""
         from srl_sdk.errors import TraceNotFoundError
 
         if self.config.store is False:
             return error_response(STORAGE_OFF)
         try:
-            trace = await asyncio.to_thread(self.store.get, trace_id, self._reader(request))
+            return await asyncio.to_thread(self.store.get, trace_id, self._reader(request))
         except TraceNotFoundError as exc:
             return error_response(ErrorReply(404, "trace_not_found", str(exc)))
         except StoreError as exc:
             return self._store_failed(exc)
-        return JSONResponse(trace.model_dump(mode="json"))
+
+    async def get_trace(self, trace_id: str, request: Request) -> Response:
+        """One trace, if the request's key made it (or is an admin key); else 404 as if absent."""
+        found = await self._stored_trace(trace_id, request)
+        return found if isinstance(found, Response) else JSONResponse(found.model_dump(mode="json"))
 
     async def list_traces(self, request: Request, limit: int = 50, offset: int = 0) -> Response:
         """The request's own traces, newest first (every trace for an admin key)."""
@@ -486,9 +491,21 @@ class StepSpec(LitSpec):
 
     async def compare(self, trace_id: str, request: Request) -> Response:
         """The trace against expert steps, by the SRL step similarity (serving/ui.py)."""
-        from srl_sdk.serving.ui import compare_route
+        from srl_sdk.errors import InputError, MissingDependencyError
+        from srl_sdk.serving.ui import CompareRequest, compare_stored
 
-        return await compare_route(self, trace_id, request)
+        try:
+            body = await self._body(request, CompareRequest)
+        except ErrorReply as exc:
+            return rejected(exc)
+        found = await self._stored_trace(trace_id, request)
+        if isinstance(found, Response):
+            return found
+        try:
+            result = compare_stored(found, body)
+        except (InputError, MissingDependencyError) as exc:  # bad steps; verifier "math" without math-verify
+            return rejected(ErrorReply(422, "invalid_request", str(exc)))
+        return JSONResponse(result.model_dump(mode="json"))
 
     async def models(self) -> Response:
         """The served model by name only: where its file lives is the server's business."""

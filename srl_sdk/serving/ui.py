@@ -14,17 +14,18 @@ failed to escape could neither run a script nor load anything from another origi
 
 from __future__ import annotations
 
-import asyncio
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from srl_sdk.core.compare import MAX_EXPERT_STEPS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
+    from fastapi import FastAPI
+
+    from srl_sdk.core.compare import Comparison
+    from srl_sdk.core.steps import Trace
 
 UI_PATH = "/ui"
 # name -> media type: only these files are served (no path from the URL ever reaches the disk)
@@ -91,50 +92,24 @@ class CompareRequest(BaseModel):
     verifier: Literal["exact", "math"] = "exact"
 
 
-async def compare_route(spec: Any, trace_id: str, request: "Request") -> "Response":
-    """The endpoint's body, called by StepSpec.compare (which LitServe guards with the key check);
-    `spec` is that StepSpec (its body reader, store and reader rules), not imported here: spec.py
-    imports this module."""
-    from fastapi.responses import JSONResponse
-
+def compare_stored(trace: "Trace", body: CompareRequest) -> "Comparison":
+    """The endpoint's work once its trace is found (StepSpec.compare does the HTTP, the key check
+    and the store lookup, as for GET /v1/traces/{id}): choose the expert steps (the body's list,
+    its pasted text, else the steps the trace's request gave) and compare. Raises InputError, or
+    MissingDependencyError for verifier "math" without math-verify."""
     from srl_sdk.core.compare import compare_trace, expert_from_text
-    from srl_sdk.errors import InputError, MissingDependencyError, StoreError, TraceNotFoundError
-    from srl_sdk.serving import metrics
-    from srl_sdk.serving.schemas import ErrorReply
+    from srl_sdk.errors import InputError
 
-    def error_response(exc: ErrorReply) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
-
-    def rejected(exc: ErrorReply) -> JSONResponse:  # refused before any work: counted, as spec.py counts
-        metrics.REJECTED.labels(str(exc.status)).inc()
-        return error_response(exc)
-
-    try:
-        body = await spec._body(request, CompareRequest)
-    except ErrorReply as exc:
-        return rejected(exc)
-    if spec.config.store is False:
-        return error_response(ErrorReply(404, "storage_disabled", "this server keeps no traces (store: false in its config)"))
-    try:
-        trace = await asyncio.to_thread(spec.store.get, trace_id, spec._reader(request))
-    except TraceNotFoundError as exc:
-        return error_response(ErrorReply(404, "trace_not_found", str(exc)))
-    except StoreError as exc:
-        return spec._store_failed(exc)
     answer = body.expert_answer
-    try:
-        if body.expert_steps is not None and body.expert_solution is not None:
-            raise InputError("give expert_steps or expert_solution, not both")
-        if body.expert_steps is not None:
-            steps = body.expert_steps
-        elif body.expert_solution is not None:
-            steps, found = expert_from_text(body.expert_solution)
-            answer = answer if answer is not None else found
-        else:
-            steps = list((trace.request.get("body") or {}).get("steps") or [])
-            if not steps:
-                raise InputError("this trace's request gave no steps: send expert_steps or expert_solution")
-        result = compare_trace(trace, steps, expert_answer=answer, step_lines=body.step_lines, verifier=body.verifier)
-    except (InputError, MissingDependencyError) as exc:  # bad steps; verifier "math" without math-verify
-        return rejected(ErrorReply(422, "invalid_request", str(exc)))
-    return JSONResponse(result.model_dump(mode="json"))
+    if body.expert_steps is not None and body.expert_solution is not None:
+        raise InputError("give expert_steps or expert_solution, not both")
+    if body.expert_steps is not None:
+        steps = body.expert_steps
+    elif body.expert_solution is not None:
+        steps, found = expert_from_text(body.expert_solution)
+        answer = answer if answer is not None else found
+    else:
+        steps = list((trace.request.get("body") or {}).get("steps") or [])
+        if not steps:
+            raise InputError("this trace's request gave no steps: send expert_steps or expert_solution")
+    return compare_trace(trace, steps, expert_answer=answer, step_lines=body.step_lines, verifier=body.verifier)
