@@ -103,7 +103,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,7 @@ class Task:
     hard_max_steps: int
     full: Sizes
     smoke: Sizes
+    generate: dict[str, Any] = field(default_factory=dict)  # GenerateConfig settings (generated task)
 
 
 TASKS = {
@@ -246,7 +247,7 @@ def prepare_data(task: Task, recipe, data_dir: Path) -> dict[str, Any]:
     if task.name == "generated":
         from srl_sdk.core.generate import make_config, write_dataset
 
-        return write_dataset(make_config(seed=DATA_SEED), data_dir)
+        return write_dataset(make_config(seed=DATA_SEED, **task.generate), data_dir)
     return _gsm8k_splits(recipe, data_dir)
 
 
@@ -352,11 +353,12 @@ def _finished(stage_dir: Path) -> bool:
     return (stage_dir / "final" / ".srl-done").is_file()
 
 
-def _engine(model_dir: str, adapter: Path | None, threads: int):
-    """The transformers engine on a model folder, with a LoRA checkpoint merged in memory."""
+def _engine(model_dir: str, adapter: Path | None, threads: int, prompt: str):
+    """The transformers engine on a model folder, with a LoRA checkpoint merged in memory, sending `prompt`'s style."""
     from srl_sdk.engines.transformers import TransformersEngine
 
     eng = TransformersEngine(model_dir, n_threads=threads)
+    eng.prompt_style = prompt  # the style it was trained with (base: few-shot, what the untrained model needs)
     if adapter is not None and (adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -444,7 +446,8 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _final_evals(unit: Unit, model_dir: str, sizes: Sizes, task: Task, threads: int, data_dir: Path, timings: dict) -> None:
+def _final_evals(unit: Unit, model_dir: str, sizes: Sizes, task: Task, threads: int, data_dir: Path, timings: dict,
+                 prompt: str) -> None:
     """validation (greedy, chooses the best), test and test_hard for one final model; skips done ones."""
     wanted = [("validation", sizes.val_problems, 0, True)] if sizes.val_problems else []
     if unit.kind != "warmup" or sizes.eval_warmup:
@@ -455,7 +458,7 @@ def _final_evals(unit: Unit, model_dir: str, sizes: Sizes, task: Task, threads: 
         return
     seconds: dict[str, float] = {}
     with _Clock(seconds, "engine_load"):
-        eng = _engine(model_dir, None, threads)
+        eng = _engine(model_dir, None, threads, prompt)
     for key, value in seconds.items():
         timings.setdefault(key, []).append(value)
     try:
@@ -471,14 +474,14 @@ def _final_evals(unit: Unit, model_dir: str, sizes: Sizes, task: Task, threads: 
 
 
 def _curve_point(unit: Unit, step: int, model_dir: str, adapter: Path | None, sizes: Sizes, task: Task, threads: int,
-                 data_dir: Path, timings: dict) -> None:
+                 data_dir: Path, timings: dict, prompt: str) -> None:
     path = unit.folder() / "eval" / f"curve-{step:04d}.json"
     if path.is_file():
         return
     _log(unit, f"curve point at step {step} ({sizes.curve_instances} validation step instances)")
     seconds: dict[str, float] = {}
     with _Clock(seconds, "engine_load"):
-        eng = _engine(model_dir, adapter, threads)
+        eng = _engine(model_dir, adapter, threads, prompt)
     try:
         result = _measure(eng, unit.method, "validation", load_split(data_dir, "validation"), sizes, task, threads,
                           greedy=0, instances=sizes.curve_instances, pool=sizes.curve_pool, free=False)
@@ -537,7 +540,7 @@ def run_unit(spec: dict) -> dict:
     """Train (if needed), curve points, final evaluations of one unit; returns its timings."""
     unit = Unit(**spec["unit"])
     sizes = Sizes(**spec["sizes"])
-    task = TASKS[spec["task"]]
+    task = replace(TASKS[spec["task"]], **spec.get("task_overrides", {}))
     threads = spec["threads"]
     data_dir = Path(spec["data_dir"])
     timings: dict[str, list[float]] = {}
@@ -549,16 +552,17 @@ def run_unit(spec: dict) -> dict:
         base = load_base_recipe(task)
         base_model = resolve_hf_model(base.model)
         folder = unit.folder()
+        prompt = "few_shot" if unit.kind == "base" else base.data.prompt
         if unit.kind == "base":  # the dashed reference line of the curves, then the final evaluations
-            _curve_point(unit, 0, base_model, None, sizes, task, threads, data_dir, timings)
-            _final_evals(unit, base_model, sizes, task, threads, data_dir, timings)
+            _curve_point(unit, 0, base_model, None, sizes, task, threads, data_dir, timings, prompt)
+            _final_evals(unit, base_model, sizes, task, threads, data_dir, timings, prompt)
         elif unit.kind == "warmup":
             recipe = run_recipe(base, task, name=f"{task.name}-warmup-s{unit.seed}", stages=[("sft", sizes.warmup_steps)],
                                 model=base_model, seed=unit.seed, data_dir=data_dir, threads=threads, save_every=10**6)
             _train(unit, recipe, folder, timings)
             final = str(folder / "sft" / "final")
-            _curve_point(unit, 0, final, None, sizes, task, threads, data_dir, timings)
-            _final_evals(unit, final, sizes, task, threads, data_dir, timings)
+            _curve_point(unit, 0, final, None, sizes, task, threads, data_dir, timings, prompt)
+            _final_evals(unit, final, sizes, task, threads, data_dir, timings, prompt)
         else:
             start = str(Path(unit.root) / f"seed-{unit.seed}" / "warmup" / "sft" / "final")
             stages = stage_plan(unit.method, sizes.steps)
@@ -571,17 +575,17 @@ def run_unit(spec: dict) -> dict:
                 for k in range(sizes.curve_every, steps, sizes.curve_every):
                     checkpoint = stage_dir / f"checkpoint-{k}"
                     if checkpoint.is_dir():
-                        _curve_point(unit, offset + k, stage_base, checkpoint, sizes, task, threads, data_dir, timings)
+                        _curve_point(unit, offset + k, stage_base, checkpoint, sizes, task, threads, data_dir, timings, prompt)
                     elif not (folder / "eval" / f"curve-{offset + k:04d}.json").is_file():
                         _log(unit, f"no {checkpoint.name} left for the curve point at step {offset + k}")
                 offset += steps
                 stage_base = str(stage_dir / "final")
-                _curve_point(unit, offset, stage_base, None, sizes, task, threads, data_dir, timings)
+                _curve_point(unit, offset, stage_base, None, sizes, task, threads, data_dir, timings, prompt)
             if not spec.get("keep_checkpoints"):
                 for stage, _ in stages:
                     for checkpoint in (folder / stage).glob("checkpoint-*"):
                         shutil.rmtree(checkpoint, ignore_errors=True)
-            _final_evals(unit, stage_base, sizes, task, threads, data_dir, timings)
+            _final_evals(unit, stage_base, sizes, task, threads, data_dir, timings, prompt)
         timings["peak_rss_gb"] = [_peak_rss_gb()]
         kept = _read(folder / "timings.json") or {}  # a resumed unit adds to what earlier runs measured
         for key, values in timings.items():
@@ -1165,9 +1169,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-warmup", action="store_true", help="also evaluate the warm-up model on test and test_hard")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint-N folders after their curve point")
     parser.add_argument("--estimate", action="store_true", help="print the plan and the time estimate, run nothing")
+    parser.add_argument("--recipe", default=None, help="another recipe than the task's (recipe exploration on validation)")
+    parser.add_argument("--generate", type=json.loads, default=None,
+                        help='generator settings over the task\'s, as JSON (e.g. \'{"ops": ["+", "-"]}\')')
     args = parser.parse_args(argv)
 
     task = TASKS[args.task]
+    if args.recipe:
+        task = replace(task, recipe=args.recipe)
+    if args.generate:
+        task = replace(task, generate={**task.generate, **args.generate})
     threads = args.threads or (1 if args.jobs > 1 else 2)
     root = (args.out / (task.name + ("-smoke" if args.smoke else ""))).resolve()
     base_recipe = load_base_recipe(task)
@@ -1175,7 +1186,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds[:1] if args.smoke else args.seeds
     methods = list(args.methods)
     plan = {
-        "task": task.name, "recipe": task.recipe, "model": base_recipe.model, "seeds": seeds, "methods": methods,
+        "task": task.name, "recipe": task.recipe, "generate": task.generate, "model": base_recipe.model, "seeds": seeds, "methods": methods,
         "sizes": asdict(sizes), "smoke": args.smoke, "eval_seed": EVAL_SEED, "data_seed": DATA_SEED,
         "stages": {m: stage_plan(m, sizes.steps) for m in methods},
     }
@@ -1218,6 +1229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def spec_of(unit: Unit) -> dict:
         return {"unit": asdict(unit), "sizes": asdict(sizes), "task": task.name, "threads": threads,
+                "task_overrides": {"recipe": task.recipe, "generate": task.generate},
                 "data_dir": str(data_dir), "keep_checkpoints": args.keep_checkpoints}
 
     outcomes = run_all(units, spec_of, args.jobs)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from srl_sdk.core.format import THINK_OPEN, step_messages
+from srl_sdk.core.format import COMPACT_SYSTEM_PROMPT, THINK_OPEN, step_messages
 from srl_sdk.core.instances import StepRange
 from srl_sdk.errors import ConfigError, InputError, TrainingError
 from srl_sdk.training.data import (
@@ -111,6 +111,18 @@ def test_gsm8k_slice_becomes_srl_sft_rlvr_examples() -> None:
 
     rlvr = rlvr_examples(items, render)
     assert [r["answer"] for r in rlvr] == [i.answer for i in items]
+
+    # data.prompt: compact puts the short system prompt in every kind of row, nothing else changes
+    compact = {
+        "srl": srl_examples(items[:1], render, StepRange(min_step=1), prompt="compact"),
+        "sft": sft_examples(items[:1], render, "step", thought="draft", prompt="compact"),
+        "rlvr": rlvr_examples(items[:1], render, prompt="compact"),
+    }
+    for kind, rows in compact.items():
+        assert all(COMPACT_SYSTEM_PROMPT in r["prompt"] and "Example 1." not in r["prompt"] for r in rows), kind
+    assert compact["srl"][1]["prompt"] == render(step_messages(first.problem, first.steps[:1], "compact")) + THINK_OPEN
+    assert [r["completion"] for r in compact["sft"]] == [r["completion"] for r in drafted]
+    assert [r["expert_step"] for r in compact["srl"]] == [r["expert_step"] for r in srl]
 
 
 def test_rlvr_drops_non_numeric_answers_with_a_reason(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from srl_sdk.core.generate import GenerateConfig, write_dataset
 from srl_sdk.core.instances import StepRange
 from srl_sdk.training.data import DataConfig, chat_prompt_renderer, load_trajectories, srl_examples
 from srl_sdk.engines.hf_folder import load_causal_lm, load_tokenizer
+from srl_sdk.engines.models import PROMPT_STYLE_FILE
 from srl_sdk.training.recipe import TrainRecipe
 from srl_sdk.training.reports import METRICS_FILE, read_metrics
 from srl_sdk.training.rewards import score_step
@@ -164,7 +165,10 @@ def test_srl_then_rlvr_pipeline(problems, step_sft, tmp_path) -> None:
     from srl_sdk.engines.transformers import TransformersEngine
 
     item = load_trajectories(DataConfig(**data(problems / "test.jsonl")))[0][0]
+    # every saved model names the prompt style it was trained with, and an engine loading it sends that
+    assert (result.final_model / PROMPT_STYLE_FILE).read_text(encoding="utf-8") == "few_shot\n"
     with TransformersEngine(str(result.final_model), n_threads=1) as engine:
+        assert engine.prompt_style == "few_shot"
         prompt = engine.render(step_messages(item.problem, [])) + THINK_OPEN
         text = "".join(event.text for event in engine.stream(prompt, SamplingParams(max_tokens=16)))
     assert text.strip()

@@ -13,6 +13,7 @@ A `threading.Event` can be passed as well for callers that cannot reach the gene
 from __future__ import annotations
 
 import asyncio
+import os
 import math
 import re
 import threading
@@ -24,6 +25,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from srl_sdk.core.format import PromptStyle
 from srl_sdk.core.types import Seed, Temperature, TopP
 
 EngineFinish = Literal["stop", "length", "cancelled"]
@@ -59,9 +61,15 @@ class Engine(ABC):
 
     name: str = "engine"
 
-    def __init__(self, model_id: str, context_length: int) -> None:
+    def __init__(self, model_id: str, context_length: int, source: str | os.PathLike[str] | None = None) -> None:
+        """`source`: what was loaded (a named model, a folder), when `model_id` is only its short name."""
+        from srl_sdk.engines.models import prompt_style_of
+
         self.model_id = model_id
         self.context_length = context_length
+        # the step protocol's system prompt this model was trained with (core.format); a caller
+        # that knows better (srl eval --prompt) may set it
+        self.prompt_style: PromptStyle = prompt_style_of(source if source is not None else model_id)
 
     @abstractmethod
     def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from srl_sdk.core.format import PromptStyle
 from srl_sdk.errors import ModelError
 
 # The model `Reasoner()`, `srl reason` and `srl serve` load when none is named. Switching the
@@ -59,6 +60,7 @@ class NamedModel:
     base: str
     adapter: str | None = None  # file name under srl_sdk/models/
     description: str = ""
+    prompt: PromptStyle = "few_shot"  # the system prompt it was trained with (core.format), which serving must send
 
 
 NAMED_MODELS: dict[str, NamedModel] = {
@@ -85,6 +87,23 @@ def named_model(model: str | os.PathLike[str]) -> NamedModel | None:
     if text in _ALIASES:
         return NAMED_MODELS["smollm2"]
     return NAMED_MODELS.get(text)
+
+
+PROMPT_STYLE_FILE = "srl-prompt.txt"  # written by `srl train` into every model folder it saves
+
+
+def prompt_style_of(model: str | os.PathLike[str]) -> PromptStyle:
+    """The step protocol's prompt style a model expects: its named model's, the one `srl train` wrote
+    into its folder (PROMPT_STYLE_FILE), else few-shot."""
+    found = named_model(model)
+    if found is not None:
+        return found.prompt
+    marker = Path(model).expanduser() / PROMPT_STYLE_FILE
+    try:
+        text = marker.read_text(encoding="utf-8").strip() if marker.is_file() else ""
+    except OSError:
+        text = ""
+    return "compact" if text == "compact" else "few_shot"
 
 
 def is_adapter_model(model: str | os.PathLike[str]) -> bool:

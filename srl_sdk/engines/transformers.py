@@ -96,7 +96,7 @@ class TransformersEngine(TokenLoopEngine):
         name = Path(str(model)).name if str(model) else "model"
         if resolved is not None and resolved.name:
             name = resolved.name
-        super().__init__(model_id=name, context_length=int(context_length or trained))
+        super().__init__(model_id=name, context_length=int(context_length or trained), source=model)
 
     @staticmethod
     def _locate(model: str | os.PathLike[str]) -> tuple[str, str | None]:

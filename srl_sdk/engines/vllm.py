@@ -323,7 +323,7 @@ class VLLMEngine(Engine):
         self._stats_task = self._runner.submit(self._log_stats_every(_stats_interval())) if log_stats else None
         self.enforce_eager = enforce_eager
         self.kv_cache_gib = kv_cache_gib
-        super().__init__(model_id=path.name, context_length=max_model_len)
+        super().__init__(model_id=path.name, context_length=max_model_len, source=path)
         _open_engines.add(self)
         _close_engines_on_sigterm()
 

@@ -281,7 +281,7 @@ class Driver:
             if len([s for s in trace.steps if s.source == "model"]) >= cfg.max_steps:
                 return "max_steps"
             index = len(trace.steps) + 1
-            base = engine.render(step_messages(trace.problem, [s.action for s in trace.steps]))
+            base = engine.render(step_messages(trace.problem, [s.action for s in trace.steps], engine.prompt_style))
             started = time.perf_counter()
             thought = _Phase()
             prompt = base + THINK_OPEN
@@ -349,7 +349,7 @@ class Driver:
 
     def _free(self, trace: Trace, cancel: threading.Event | None, deadline: float | None):
         cfg = self.config
-        prompt = self.engine.render(free_messages(trace.problem))
+        prompt = self.engine.render(free_messages(trace.problem, self.engine.prompt_style))
         trace.usage["prompt_tokens"] = trace.usage.get("prompt_tokens", 0) + self.engine.count_tokens(prompt)
         stream = _generator(self.engine.stream(prompt, cfg.sampling(cfg.max_total_tokens, []), cancel))
         pending = ""  # text of the line being written

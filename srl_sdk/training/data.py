@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from srl_sdk.core.answers import Verifier, check_verifier, extract_answer, parse_number
 from srl_sdk.core.checks import check_arithmetic
-from srl_sdk.core.format import FINAL_MARKER, THINK_CLOSE, THINK_OPEN, free_messages, step_messages
+from srl_sdk.core.format import FINAL_MARKER, THINK_CLOSE, THINK_OPEN, PromptStyle, free_messages, step_messages
 from srl_sdk.core.instances import StepRange
 from srl_sdk.core.jsonl import read_jsonl, row_field
 from srl_sdk.core.similarity import StepLines, step_lines_for
@@ -110,6 +110,11 @@ class DataConfig(BaseModel):
         default="auto",
         description="how much of the model's action the SRL reward compares: first line (one-line steps, GSM8K) or all "
         "(multi-line steps, s1K paragraphs); auto: all when any expert step has several lines")
+    prompt: PromptStyle = Field(
+        default="few_shot",
+        description="the system prompt of every training row: few_shot (the protocol with two worked examples, what "
+        "the untrained base needs and what serving sends by default) or compact (the protocol alone, ~50 tokens "
+        "instead of ~330: serve and evaluate the trained model with the same style)")
 
 
 class DropReport(BaseModel):
@@ -301,6 +306,7 @@ def srl_examples(
     items: Sequence[ExpertSolution],
     render: PromptRenderer,
     step_range: StepRange | None = None,
+    prompt: PromptStyle = "few_shot",
 ) -> list[dict[str, Any]]:
     """One example per target step k in `step_range` (default k = 2..N): prompt ends with `<think>`.
 
@@ -315,7 +321,7 @@ def srl_examples(
             step = item.steps[k - 1]
             rows.append(
                 {
-                    "prompt": render(step_messages(item.problem, item.steps[: k - 1])) + THINK_OPEN,
+                    "prompt": render(step_messages(item.problem, item.steps[: k - 1], prompt)) + THINK_OPEN,
                     "expert_step": step,
                     "problem": item.problem,
                     "problem_id": item.id or "",
@@ -339,17 +345,18 @@ def sft_examples(
     render: PromptRenderer,
     mode: Literal["solution", "step"] = "solution",
     thought: SftThought = "none",
+    prompt: PromptStyle = "few_shot",
 ) -> list[dict[str, Any]]:
     """prompt/completion pairs (TRL's SFTTrainer trains on the completion only)."""
     rows: list[dict[str, Any]] = []
     for item in items:
         if mode == "solution":
-            rows.append({"prompt": render(free_messages(item.problem)), "completion": solution_text(item)})
+            rows.append({"prompt": render(free_messages(item.problem, prompt)), "completion": solution_text(item)})
             continue
         for k, step in enumerate(item.steps, start=1):
             rows.append(
                 {
-                    "prompt": render(step_messages(item.problem, item.steps[: k - 1])) + THINK_OPEN,
+                    "prompt": render(step_messages(item.problem, item.steps[: k - 1], prompt)) + THINK_OPEN,
                     # "\n" before </think>: glued to the prefilled "<think>", "></" is ONE token, so
                     # an empty thought would train a token sequence inference never shows
                     "completion": f"\n{sft_thought_text(step, thought)}{THINK_CLOSE}\n{step}",
@@ -378,6 +385,7 @@ def rlvr_examples(
     render: PromptRenderer,
     report: DropReport | None = None,
     verifier: Verifier = "exact",
+    prompt: PromptStyle = "few_shot",
 ) -> list[dict[str, Any]]:
     """Problem + reference answer for the outcome reward (free-mode prompt: the whole solution).
 
@@ -392,7 +400,7 @@ def rlvr_examples(
             if report is not None:
                 report.drop(NON_NUMERIC_ANSWER, item.id or item.problem[:40])
             continue
-        rows.append({"prompt": render(free_messages(item.problem)), "answer": item.answer, "problem": item.problem})
+        rows.append({"prompt": render(free_messages(item.problem, prompt)), "answer": item.answer, "problem": item.problem})
     return rows
 
 

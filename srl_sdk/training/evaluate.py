@@ -54,7 +54,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from srl_sdk.core.answers import answers_equal
 from srl_sdk.core.atomic import write_atomic
 from srl_sdk.core.checks import check_arithmetic
-from srl_sdk.core.format import THINK_CLOSE, THINK_OPEN, THOUGHT_STOPS, parse_step_response, step_messages, strip_step_label
+from srl_sdk.core.format import (
+    THINK_CLOSE, THINK_OPEN, THOUGHT_STOPS, PromptStyle, parse_step_response, step_messages, strip_step_label,
+)
 from srl_sdk.core.similarity import step_similarity
 from srl_sdk.core.splitting import ExpertSolution
 from srl_sdk.core.steps import CheckResult
@@ -109,6 +111,9 @@ class EvalConfig(BaseModel):
     level: float = Field(default=0.95, gt=0, lt=1)
     seed: int = 0
     n_threads: int | None = Field(default=None, ge=1)
+    prompt: PromptStyle | None = Field(
+        default=None, description="the step protocol's system prompt (core.format); None: the model's own "
+        "(few_shot unless a named model says otherwise); a model trained with `data.prompt: compact` needs compact")
 
 
 class ProblemRecord(BaseModel):
@@ -301,7 +306,7 @@ def fast_step(
     """
     from srl_sdk.engines.base import SamplingParams
 
-    prompt = engine.render(step_messages(problem.strip(), [strip_step_label(s) for s in given])) + THINK_OPEN
+    prompt = engine.render(step_messages(problem.strip(), [strip_step_label(s) for s in given], engine.prompt_style)) + THINK_OPEN
     params = SamplingParams(
         max_tokens=config.max_thought_tokens + config.max_action_tokens + 1, temperature=temperature, seed=seed, stop=[]
     )
@@ -465,6 +470,9 @@ def evaluate_model(
     ids = _problem_ids(problems)
     owned = isinstance(model, (str, os.PathLike))
     eng = _engine(str(model), engine, config.n_threads) if isinstance(model, (str, os.PathLike)) else model
+    own_style = eng.prompt_style
+    if config.prompt is not None:
+        eng.prompt_style = config.prompt
     try:
         problem_records = _solve_problems(eng, problems, ids, config) if config.greedy else []
         step_started = time.perf_counter()
@@ -473,6 +481,7 @@ def evaluate_model(
         engine_name = eng.name
         model_name = str(model) if owned else eng.model_id
     finally:
+        eng.prompt_style = own_style
         if owned:
             eng.close()
     return summarise(

@@ -53,6 +53,7 @@ from srl_sdk.training.data import (
 )
 from srl_sdk.training.distributed import barrier, ensure_process_group, is_main_process, on_main_first, rank_report
 from srl_sdk.engines.hf_folder import cap_torch_threads, load_causal_lm, load_tokenizer, resolve_hf_model
+from srl_sdk.engines.models import PROMPT_STYLE_FILE
 from srl_sdk.training.recipe import StageSettings, TrainRecipe
 from srl_sdk.training.reports import METRICS_FILE, PLOT_FILE, MetricsJsonlCallback, plot_metrics
 
@@ -251,15 +252,17 @@ def _datasets(name: str, recipe: TrainRecipe, split: TrainValSplit, tokenizer, r
     datasets = require("datasets", "train")
     render = chat_prompt_renderer(tokenizer)
     stage = recipe.stage(name)
+    prompt = recipe.data.prompt
     if name == "srl":
         step_range = recipe.data.step_range
-        train_rows, val_rows = srl_examples(split.train, render, step_range), srl_examples(split.validation, render, step_range)
+        train_rows = srl_examples(split.train, render, step_range, prompt)
+        val_rows = srl_examples(split.validation, render, step_range, prompt)
     elif name == "rlvr":
-        train_rows = rlvr_examples(split.train, render, report, stage.verifier)
-        val_rows = rlvr_examples(split.validation, render, verifier=stage.verifier)
+        train_rows = rlvr_examples(split.train, render, report, stage.verifier, prompt)
+        val_rows = rlvr_examples(split.validation, render, verifier=stage.verifier, prompt=prompt)
     else:
-        train_rows = sft_examples(split.train, render, stage.sft_mode, stage.sft_thought)
-        val_rows = sft_examples(split.validation, render, stage.sft_mode, stage.sft_thought)
+        train_rows = sft_examples(split.train, render, stage.sft_mode, stage.sft_thought, prompt)
+        val_rows = sft_examples(split.validation, render, stage.sft_mode, stage.sft_thought, prompt)
     if not train_rows:
         raise TrainingError(f"the {name} stage has no training examples ({report.summary()}); use more or other data")
     train_ds = datasets.Dataset.from_list(train_rows)
@@ -368,6 +371,8 @@ def _merge_into_final(tokenizer, recipe: TrainRecipe, base_model: str, stage_dir
     else:
         staging = saved
     tokenizer.save_pretrained(str(staging))
+    # the prompt style it learned: engines loading this folder send it (engines.models.prompt_style_of)
+    (staging / PROMPT_STYLE_FILE).write_text(f"{recipe.data.prompt}\n", encoding="utf-8")
     (staging / DONE_MARKER).write_text("complete\n", encoding="utf-8")
     replace_dir(staging, final)  # fsynced, swapped in atomically: final/ is always a complete model
 
