@@ -108,6 +108,10 @@ def test_gsm8k_slice_becomes_srl_sft_rlvr_examples() -> None:
     drafted = sft_examples(items[:1], render, "step", thought="draft")  # think = a draft, then commit it
     assert drafted[0]["completion"] == f"\n{first.steps[0]}\n</think>\n{first.steps[0]}"
     assert worked_thought("She has 3 apples left.") == ""
+    both = sft_examples(items[:2], render, "both", thought="draft")  # per problem: its step rows, then its solution
+    n = len(first.steps)
+    assert both[:n] == drafted and both[n] == whole[0]
+    assert both[n + 1:] == sft_examples(items[1:2], render, "step", thought="draft") + sft_examples(items[1:2], render, "solution")
 
     rlvr = rlvr_examples(items, render)
     assert [r["answer"] for r in rlvr] == [i.answer for i in items]

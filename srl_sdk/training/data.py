@@ -13,7 +13,8 @@ Three example kinds come out, all speaking the one step protocol of `srl_sdk.cor
   the model's action is compared).
 - SFT: the paper's SFT baseline fine-tunes on WHOLE expert solutions (`sft_mode="solution"`:
   prompt = the free-mode prompt, completion = the solution one step per line + `#### answer`).
-  `sft_mode="step"` instead teaches the stepwise protocol directly: completion = thought +
+  `sft_mode="both"` writes both kinds of rows. `sft_mode="step"` teaches the stepwise protocol
+  directly: completion = thought +
   `\n</think>\n` + the expert step. Experts wrote no monologue, so the thought is empty
   (`sft_thought="none"`, the default), the step's own arithmetic (`"arithmetic"`: "48/2 = 24",
   the claims `core.checks` finds, one per line) or a draft of the step (`"draft"`: the step
@@ -337,31 +338,38 @@ def solution_text(item: ExpertSolution) -> str:
     return "\n".join(item.steps)
 
 
+SftMode = Literal["solution", "step", "both"]  # whole solutions, per-step rows, or both (see sft_examples)
 SftThought = Literal["none", "arithmetic", "draft"]  # what a per-step SFT target thinks before </think>
 
 
 def sft_examples(
     items: Sequence[ExpertSolution],
     render: PromptRenderer,
-    mode: Literal["solution", "step"] = "solution",
+    mode: SftMode = "solution",
     thought: SftThought = "none",
     prompt: PromptStyle = "few_shot",
 ) -> list[dict[str, Any]]:
-    """prompt/completion pairs (TRL's SFTTrainer trains on the completion only)."""
+    """prompt/completion pairs (TRL's SFTTrainer trains on the completion only).
+
+    "both": each problem's per-step rows, then its whole-solution row, so one model learns both
+    protocols: the step protocol the driver serves, and free mode, which RLVR's rollouts use (a
+    per-step model asked for a whole solution stops after one step, so RLVR from it sees no
+    right answer and gets no signal).
+    """
     rows: list[dict[str, Any]] = []
     for item in items:
-        if mode == "solution":
+        if mode in ("step", "both"):
+            for k, step in enumerate(item.steps, start=1):
+                rows.append(
+                    {
+                        "prompt": render(step_messages(item.problem, item.steps[: k - 1], prompt)) + THINK_OPEN,
+                        # "\n" before </think>: glued to the prefilled "<think>", "></" is ONE token, so
+                        # an empty thought would train a token sequence inference never shows
+                        "completion": f"\n{sft_thought_text(step, thought)}{THINK_CLOSE}\n{step}",
+                    }
+                )
+        if mode in ("solution", "both"):
             rows.append({"prompt": render(free_messages(item.problem, prompt)), "completion": solution_text(item)})
-            continue
-        for k, step in enumerate(item.steps, start=1):
-            rows.append(
-                {
-                    "prompt": render(step_messages(item.problem, item.steps[: k - 1], prompt)) + THINK_OPEN,
-                    # "\n" before </think>: glued to the prefilled "<think>", "></" is ONE token, so
-                    # an empty thought would train a token sequence inference never shows
-                    "completion": f"\n{sft_thought_text(step, thought)}{THINK_CLOSE}\n{step}",
-                }
-            )
     return rows
 
 

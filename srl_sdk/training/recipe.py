@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from srl_sdk.core.answers import Verifier
 from srl_sdk.errors import ConfigError
-from srl_sdk.training.data import DataConfig, SftThought
+from srl_sdk.training.data import DataConfig, SftMode, SftThought
 
 __all__ = ["LoraSettings", "DynamicSamplingSettings", "StageSettings", "TrainRecipe", "load_recipe"]
 
@@ -73,7 +73,7 @@ class StageSettings(BaseModel):
         description="rlvr: how answers are compared; exact (numbers, GSM8K) or math (math-verify, symbolic answers; "
         "pip install 'srl-sdk[math]'), which also keeps non-numeric answers")
     # SFT
-    sft_mode: Literal["solution", "step"] = "solution"
+    sft_mode: SftMode = Field(default="solution", description="solution (the paper's SFT), step (the step protocol) or both")
     sft_thought: SftThought = Field(
         default="none", description="step mode: an empty thought, the step's own arithmetic, or a draft of the step")
     max_length: int | None = Field(default=1024, ge=16)
