@@ -1019,7 +1019,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{plan['estimate']['loaded']['wall_s'] / 60:.0f} min at the load of the run that measured the costs).",
         "",
         f"Every trained method starts from the same per-seed format warm-up ({sizes['warmup_steps']} SFT steps of the "
-        "recipe's sft stage), then gets {sizes['steps']} optimizer steps (SRL→RLVR: {' + '.join(str(n) for _, n in stage_plan('srl_rlvr', sizes['steps']))}). "
+        f"recipe's sft stage), then gets {sizes['steps']} optimizer steps (SRL→RLVR: {' + '.join(str(n) for _, n in stage_plan('srl_rlvr', sizes['steps']))}). "
         "Means pool the seeds; 95 % intervals are percentile bootstraps over problems (each drawn problem carries all "
         "its seeds); per-seed means in parentheses. Accuracy (stepwise): greedy, the serving driver, one step per call. "
         "Accuracy (free): greedy, one call for the whole solution. Step similarity: the model writes step k+1 after "
@@ -1227,7 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     data_dir = root / "data"
     report = prepare_data(task, base_recipe, data_dir)
-    plan["data_note"] = (f"{report.get('generator')}, seed {DATA_SEED}: " +
+    plan["data_note"] = (f"{report.get('generator')}, seed {report.get('config', {}).get('seed', DATA_SEED)}: " +
                          ", ".join(f"{k} {v['count']}" for k, v in report["splits"].items()))
     if not old:
         _write_json(plan_file, plan)

@@ -295,6 +295,7 @@ def test_named_model_smollm2_srl():
     engine = LlamaCppEngine("smollm2-srl", n_ctx=512, n_threads=2)
     try:
         assert engine.model_id == "smollm2-srl" and engine.info()["adapter"] == str(trained.adapter)
+        assert engine.prompt_style == "compact"  # what it was trained with, sent by the driver
         assert list(engine.stream(engine.render([{"role": "user", "content": "1 + 1?"}]), SamplingParams(max_tokens=4)))
     finally:
         engine.close()
@@ -318,3 +319,24 @@ def test_exporter_refuses_what_llama_cpp_cannot_run(tmp_path):
     with pytest.raises(ExportError, match="do not fit"):
         export_lora_gguf(folder, tmp_path / "a.gguf", base="smollm2")
     assert not (tmp_path / "a.gguf").exists()
+
+
+def test_the_default_model_is_the_trained_one_and_follows_the_step_protocol():
+    """`Reasoner()` and `srl reason` load `smollm2-srl` (docs/results.md, "Learning benchmark"): on
+    problems of the task it was trained on, drawn with another seed, it writes only well-formed
+    steps with the compact prompt it learned, and ends with an answer."""
+    from srl_sdk import Reasoner
+    from srl_sdk.core.generate import GenerateConfig, generate_splits
+    from srl_sdk.engines.models import DEFAULT_MODEL, NAMED_MODELS
+
+    assert DEFAULT_MODEL == "smollm2-srl" and NAMED_MODELS[DEFAULT_MODEL].prompt == "compact"
+    config = GenerateConfig(train=0, validation=4, test=0, test_hard=0, seed=7, ops=["+", "-", "*"], max_operand=10,
+                            max_factor=3, max_result=60, distractors=0, min_steps=2, max_steps=3,
+                            hard_min_steps=4, hard_max_steps=6)
+    problems = generate_splits(config)["validation"]
+    with Reasoner(store=False) as reasoner:
+        traces = [reasoner.solve(p.question, max_steps=5, temperature=0.0) for p in problems]
+    for trace in traces:
+        assert trace.model == "smollm2-srl"
+        assert trace.steps and all(step.format_ok for step in trace.steps), trace.steps
+    assert sum(trace.finish_reason == "final_answer" for trace in traces) >= 3, [t.finish_reason for t in traces]

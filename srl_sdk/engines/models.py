@@ -20,10 +20,10 @@ from pathlib import Path
 from srl_sdk.core.format import PromptStyle
 from srl_sdk.errors import ModelError
 
-# The model `Reasoner()`, `srl reason` and `srl serve` load when none is named. Switching the
-# shipped default to the trained adapter is this one line: DEFAULT_MODEL = "smollm2-srl"
-# (server/cpu.yaml names its model itself; `Reasoner("smollm2")` always keeps the base).
-DEFAULT_MODEL = "smollm2"
+# The model `Reasoner()`, `srl reason` and `srl serve` load when none is named: the trained
+# `smollm2-srl` (docs/results.md, "Learning benchmark"); `Reasoner("smollm2")` keeps the untrained base
+# (server/cpu.yaml names its model itself).
+DEFAULT_MODEL = "smollm2-srl"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct", "default"}
 
@@ -66,8 +66,9 @@ class NamedModel:
 NAMED_MODELS: dict[str, NamedModel] = {
     "smollm2": NamedModel("smollm2", base="smollm2", description="SmolLM2-135M-Instruct, Q4_1 GGUF, untrained"),
     "smollm2-srl": NamedModel(
-        "smollm2-srl", base="smollm2", adapter="smollm2-srl.lora.gguf",
-        description="SmolLM2-135M-Instruct + a LoRA adapter trained by srl train (docs/results.md)",
+        "smollm2-srl", base="smollm2", adapter="smollm2-srl.lora.gguf", prompt="compact",
+        description="SmolLM2-135M-Instruct + a LoRA adapter: the learning benchmark's warm-up + SFT, seed 0, "
+        "chosen on validation (docs/results.md); the compact step prompt",
     ),
 }
 
