@@ -70,10 +70,11 @@ def reason_stream(url: str, body: dict, client: httpx.Client):
 
 
 @contextlib.contextmanager
-def long_run(server: SrlServer, client: httpx.Client) -> Iterator[tuple[EventSource, Iterator[ServerSentEvent], str]]:
-    """A LONG, HOT run that holds its slot, read up to its first token: (the stream, its other
-    events, its trace id). Leaving the `with` closes the connection."""
-    body = {"problem": PROBLEM, "tokens": True, "limits": LONG, "sampling": HOT}
+def long_run(server: SrlServer, client: httpx.Client, limits: dict | None = None,
+             ) -> Iterator[tuple[EventSource, Iterator[ServerSentEvent], str]]:
+    """A LONG (or `limits`), HOT run that holds its slot, read up to its first token: (the stream,
+    its other events, its trace id). Leaving the `with` closes the connection."""
+    body = {"problem": PROBLEM, "tokens": True, "limits": limits or LONG, "sampling": HOT}
     with reason_stream(server.url, body, client) as source:
         events = source.iter_sse()
         first = next(events)
@@ -268,10 +269,13 @@ def test_a_locked_store_does_not_stall_the_other_streams_of_a_worker(start):
     30 s), the worker's event loop keeps relaying another run's tokens."""
     import sqlite3
 
-    server = start(streams_per_worker=2, resume_grace_s=0)  # leaving cancels at once
+    # A 512-token thought: its first store write (at the end of step 1) comes well after the 3.5 s
+    # window even on a fast quiet machine; with LONG's 128 it could fall inside the window, and the
+    # long run then waited on the locked store itself, so the loop below read nothing for 60 s.
+    server = start(streams_per_worker=2, resume_grace_s=0, max_step_tokens=512)  # leaving cancels at once
     results: dict[str, httpx.Response] = {}
     with httpx.Client(timeout=60) as client:
-        with long_run(server, client) as (_, events, _):  # mid-thought: its next store write is steps away
+        with long_run(server, client, {**LONG, "max_thought_tokens": 512}) as (_, events, _):
             lock = sqlite3.connect(server.store, isolation_level=None)
             lock.execute("BEGIN IMMEDIATE")  # the write lock: every save now waits
             try:

@@ -189,7 +189,7 @@ def test_two_ranks_train_checkpoint_resume_and_merge(tmp_path) -> None:
 
     final = out / "srl" / "final"
     single_process_layout = [".srl-done", "chat_template.jinja", "config.json", "generation_config.json",
-                             "model.safetensors", "tokenizer.json", "tokenizer_config.json"]  # what train() writes alone
+                             "model.safetensors", "srl-prompt.txt", "tokenizer.json", "tokenizer_config.json"]  # what train() writes alone
     assert sorted(p.name for p in final.iterdir()) == single_process_layout
     assert sorted(p.name for p in (out / "sft" / "final").iterdir()) == single_process_layout
     assert not list((out / "srl").glob("*.tmp")) and not list((out / "srl").glob(".*aside*"))
