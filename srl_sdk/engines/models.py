@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from srl_sdk.core.format import PromptStyle
+from srl_sdk.core.format import PROMPT_STYLES, PromptStyle
 from srl_sdk.errors import ModelError
 
 # The model `Reasoner()`, `srl reason` and `srl serve` load when none is named: the trained
@@ -104,7 +104,7 @@ def prompt_style_of(model: str | os.PathLike[str]) -> PromptStyle:
         text = marker.read_text(encoding="utf-8").strip() if marker.is_file() else ""
     except OSError:
         text = ""
-    return "compact" if text == "compact" else "few_shot"
+    return next((style for style in PROMPT_STYLES if style == text), "few_shot")  # an unknown style is never sent
 
 
 def is_adapter_model(model: str | os.PathLike[str]) -> bool:
