@@ -108,6 +108,14 @@ class Engine(ABC):
             async for event in events:
                 yield event
 
+    def session(self) -> "EngineSession":
+        """A run of calls that belong to one request (the driver's steps and phases of one problem).
+
+        An engine that keeps state per request overrides this: the llama.cpp engine keeps the
+        request's KV cache between calls, so each call evaluates only the text its prompt adds.
+        The default forwards every call to `stream`."""
+        return EngineSession(self)
+
     def info(self) -> dict[str, object]:
         return {"engine": self.name, "model": self.model_id, "context_length": self.context_length}
 
@@ -128,6 +136,29 @@ class Engine(ABC):
         """Release the model. Safe to call twice."""
 
     def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EngineSession:
+    """Calls of one request on one engine; close it (or use `with`) when the request is over.
+
+    `stream` is `Engine.stream`'s contract. Each call still sends its whole prompt: what a session
+    adds is that the engine may keep what it computed for the previous calls of the same request.
+    Not thread-safe: one request, one caller at a time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def stream(self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[TokenEvent]:
+        return self.engine.stream(prompt, params, cancel)
+
+    def close(self) -> None:  # noqa: B027  (nothing to release by default)
+        """End the request. Safe to call twice."""
+
+    def __enter__(self) -> "EngineSession":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -263,12 +294,8 @@ class TokenLoopEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
 
-    def stream(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[TokenEvent]:
+    def _checked(self, prompt: str, params: SamplingParams) -> tuple[list[int], int]:
+        """The prompt's tokens and the token budget, after the checks every call gets."""
         from srl_sdk.errors import ContextOverflowError, EngineError
 
         if self.closed:
@@ -279,27 +306,74 @@ class TokenLoopEngine(Engine):
         room = self.context_length - len(tokens)
         if room < 1:
             raise ContextOverflowError(len(tokens), self.context_length)
-        return self._decode(tokens, params, min(params.max_tokens, room), cancel)
+        return tokens, min(params.max_tokens, room)
+
+    def stream(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[TokenEvent]:
+        tokens, budget = self._checked(prompt, params)
+        return self._decode(tokens, params, budget, cancel)
 
 
 async def iterate_in_thread(iterator: Iterator[T], cancel: threading.Event) -> AsyncGenerator[T, None]:
-    """The one sync -> async bridge: each `next` of a blocking generator runs in a worker thread.
+    """The one sync -> async bridge: a thread of its own runs a blocking generator and hands each
+    item to the event loop as it comes.
 
-    However the async side ends (exhausted, an error, or its consumer closing it), `cancel` is
-    set, so a generator blocked in native code stops at its next check, and the generator is
-    closed in a thread too (closing may wait for that native call). Used by Engine.astream and
-    by the Reasoner's local backend.
+    The thread does not wait for the consumer between items (a per-item round trip through a
+    thread pool cost about as much as a token of the 135M model). However the async side ends
+    (exhausted, an error, or its consumer closing it), `cancel` is set, so a generator blocked in
+    native code stops at its next check; the thread then closes the generator and the async side
+    waits for that. Used by Engine.astream, the Reasoner's local backend and the server's worker.
     """
-    done = object()
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue = asyncio.Queue()
+    done = loop.create_future()
+    finished = object()
+
+    def deliver(item: object, error: BaseException | None = None) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, (item, error))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            cancel.set()
+
+    def pump() -> None:
+        error: BaseException | None = None
+        try:
+            for item in iterator:  # the generator itself stops soon after `cancel` is set
+                deliver(item)
+        except BaseException as exc:  # noqa: BLE001 (re-raised on the async side)
+            error = exc
+        finally:
+            try:
+                iterator.close()  # type: ignore[attr-defined]
+            except BaseException as exc:  # noqa: BLE001
+                error = error or exc
+            deliver(finished, error)
+            try:
+                loop.call_soon_threadsafe(_settle, done)
+            except RuntimeError:
+                pass
+
+    threading.Thread(target=pump, name="srl-iterate", daemon=True).start()
     try:
         while True:
-            item = await asyncio.to_thread(next, iterator, done)
-            if item is done:
+            item, error = await items.get()
+            if item is finished:
+                if error is not None:
+                    raise error
                 return
             yield item  # type: ignore[misc]
     finally:
         cancel.set()
-        await asyncio.to_thread(iterator.close)  # type: ignore[attr-defined]
+        await done
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class StopMatcher:

@@ -1,32 +1,43 @@
 """llama.cpp engine (llama-cpp-python): the CPU default and the edge runtime for GGUF builds.
 
-Three traps of llama-cpp-python are handled here rather than left to callers:
-- its default context is 512 tokens, too small for a problem plus steps: we always pass n_ctx;
-- its built-in logprobs need `logits_all=True` (about 5x slower here, and reported one position
-  off, llama-cpp-python #1983): we read the last position's logits ourselves after each sampled
-  token and take that token's log-probability from them;
-- one context serves one sequence at a time: a lock makes concurrent callers wait their turn;
-- its automatic prefix reuse evaluates "whatever did not match" as one batch, so the same prompt
-  gave different logits (and, seeded or at a greedy near-tie, different text) depending on the
-  previous request. We evaluate the prompt ourselves in aligned blocks and reuse only whole blocks
-  of an earlier prompt (`srl_sdk.engines.prefix`): same prompt and settings, same text, whatever
-  the cache held. A stepwise loop still skips the system prompt and earlier steps.
+How it runs: one llama.cpp context holds `n_parallel` sequences, each with its own KV stream, and
+one thread decodes all running streams in one batch (`srl_sdk.engines.llama_batch`): concurrent
+requests share each pass over the weights instead of taking turns. A request's calls go through a
+session (`Engine.session`) that keeps its sequence, so each step and phase evaluates only the text
+its prompt adds; prompts are read in aligned blocks and only whole blocks are reused across
+requests (`srl_sdk.engines.prefix`): the same request gives the same text whatever the cache held.
+
+Traps of llama-cpp-python handled here rather than left to callers:
+- its default context is 512 tokens, too small for a problem plus steps: we always pass n_ctx
+  (here: tokens per sequence);
+- its built-in logprobs need `logits_all=True` (about 5x slower, and reported one position off,
+  llama-cpp-python #1983): the scheduler reads the sampled row's logits and takes the token's
+  log-probability from them;
+- `Llama(...)` cannot make a multi-sequence context: it loads the model, vocabulary and LoRA
+  adapter (with a tiny context of its own), and the scheduler makes the real context from them.
 """
 
 from __future__ import annotations
 
-import codecs
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent, TokenLoopEngine, log_softmax_at
+from srl_sdk.engines.base import EngineSession, SamplingParams, TokenEvent, TokenLoopEngine
 from srl_sdk.engines.models import resolve_model
-from srl_sdk.engines.prefix import DEFAULT_BLOCK, AlignedPrefix
+from srl_sdk.engines.prefix import DEFAULT_BLOCK
 from srl_sdk.errors import EngineError, ModelError, require
 
+if TYPE_CHECKING:
+    from srl_sdk.engines.llama_batch import Slot
+
 DEFAULT_N_CTX = 4096
+DEFAULT_N_PARALLEL = 4
+"""Sequences decoded together. Each holds n_ctx tokens of KV cache (SmolLM2-135M: 23 MB per 1,000
+tokens), allocated when the engine loads; a fifth concurrent request waits for a free one."""
+_LOADER_N_CTX = 64  # the context `Llama(...)` makes for itself: never used to decode
 
 
 def default_threads() -> int:
@@ -36,7 +47,8 @@ def default_threads() -> int:
 def llama_arguments(path: str | os.PathLike[str], *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
                     n_batch: int = 512, seed: int = 0, adapter: str | os.PathLike[str] | None = None) -> dict:
     """The keyword arguments of `llama_cpp.Llama(...)` for these settings (pure: tests build them
-    for every shipped config without loading a model)."""
+    for every shipped config without loading a model). `n_ctx` is per sequence; the engine gives
+    `Llama` a tiny context of its own and decodes in the scheduler's."""
     threads = n_threads or default_threads()
     return {"model_path": str(path), "n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
             "n_batch": n_batch, "logits_all": False, "seed": seed,
@@ -55,16 +67,25 @@ class LlamaCppEngine(TokenLoopEngine):
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
         n_batch: int = 512,
+        n_parallel: int = DEFAULT_N_PARALLEL,
+        flash_attn: bool = False,
         seed: int = 0,
         prefix_block: int = DEFAULT_BLOCK,
         adapter: str | os.PathLike[str] | None = None,
     ) -> None:
-        """`prefix_block`: tokens per aligned block of prompt reuse (0: evaluate every prompt anew).
-
-        `adapter`: a llama.cpp LoRA GGUF (`srl export lora-gguf`) applied on load; a named model
-        with an adapter ('smollm2-srl') brings its own.
+        """`n_ctx`: tokens per sequence. `n_parallel`: sequences decoded together (concurrent
+        requests beyond it wait). `prefix_block`: tokens per aligned block of prompt reuse across
+        requests (0: none). `flash_attn`: llama.cpp's flash attention, about 1.25x faster decoding
+        here, but on several threads a stream's text then depends on what runs beside it
+        (srl_sdk/engines/llama_batch.py); off by default. `adapter`: a llama.cpp LoRA GGUF (`srl
+        export lora-gguf`) applied on load; a named model with an adapter ('smollm2-srl') brings
+        its own.
         """
         llama_cpp = require("llama_cpp", "serve", package="llama-cpp-python")
+        from srl_sdk.engines.llama_batch import BatchScheduler
+
+        if n_parallel < 1:
+            raise ModelError(f"n_parallel must be at least 1, not {n_parallel}")
         resolved = resolve_model(model)
         path: Path = resolved.gguf
         self.path = path
@@ -72,9 +93,10 @@ class LlamaCppEngine(TokenLoopEngine):
         if self.adapter is not None and not self.adapter.is_file():
             raise ModelError(f"LoRA adapter {self.adapter} does not exist; export one with `srl export lora-gguf`")
         self.n_threads = n_threads or default_threads()
+        arguments = llama_arguments(path, n_ctx=n_ctx, n_threads=self.n_threads, n_batch=n_batch, seed=seed,
+                                    adapter=self.adapter)
         try:
-            self._llm = llama_cpp.Llama(**llama_arguments(path, n_ctx=n_ctx, n_threads=self.n_threads, n_batch=n_batch,
-                                                          seed=seed, adapter=self.adapter))
+            self._llm = llama_cpp.Llama(**{**arguments, "n_ctx": _LOADER_N_CTX, "n_batch": _LOADER_N_CTX})
         except (ValueError, RuntimeError, OSError) as exc:
             if self.adapter is not None:
                 raise ModelError(
@@ -83,8 +105,6 @@ class LlamaCppEngine(TokenLoopEngine):
                 ) from exc
             raise ModelError(f"llama.cpp could not load {path}: {exc}; the file may be truncated or not a model") from exc
         self._llama_cpp = llama_cpp
-        self._lock = threading.Lock()
-        self._prefix = AlignedPrefix(prefix_block)
         self._eog = {self._llm.token_eos()}
         metadata = self._llm.metadata or {}
         self._template = metadata.get("tokenizer.chat_template")
@@ -93,10 +113,20 @@ class LlamaCppEngine(TokenLoopEngine):
             self._eog.add(vocab_tokens[0])
         self._bos_text = self._token_text(self._llm.token_bos())
         self._eos_text = self._token_text(self._llm.token_eos())
+        try:
+            self._scheduler = BatchScheduler(self._llm, llama_cpp, n_ctx=n_ctx, n_parallel=n_parallel,
+                                             n_threads=self.n_threads, n_batch=n_batch, flash_attn=flash_attn,
+                                             block=prefix_block, eog=self._eog)
+        except EngineError:
+            self._llm.close()
+            raise
+        self.n_parallel = n_parallel
+        self.flash_attn = flash_attn
+        self.prefix_block = prefix_block
         name = resolved.name or metadata.get("general.name") or path.stem
         if self.adapter is not None and resolved.name is None:
             name = f"{name}+{self.adapter.name.removesuffix('.gguf')}"
-        super().__init__(model_id=str(name), context_length=self._llm.n_ctx())
+        super().__init__(model_id=str(name), context_length=self._scheduler.n_ctx, source=model)
         self.closed = False
 
     def _token_text(self, token: int) -> str:
@@ -129,95 +159,71 @@ class LlamaCppEngine(TokenLoopEngine):
         budget: int,
         cancel: threading.Event | None,
     ) -> Iterator[TokenEvent]:
-        llm = self._llm
-        with self._lock:
-            if params.seed is not None:
-                llm.set_seed(params.seed)
-            self._evaluate_prompt(tokens)
-            # the whole prompt is in the cache now: generate() finds it there and samples at once
-            generator = llm.generate(
-                tokens,
-                top_k=params.top_k if params.temperature > 0 else 1,
-                top_p=params.top_p,
-                min_p=0.0,
-                temp=params.temperature,
-                repeat_penalty=1.0,
-                reset=True,
-            )
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            matcher = StopMatcher(params.stop)
-            n_vocab = llm.n_vocab()
-            finish = "length"
-            produced = 0
-            try:
-                for token in generator:
-                    if cancel is not None and cancel.is_set():
-                        finish = "cancelled"
-                        break
-                    if token in self._eog:
-                        finish = "stop"
-                        break
-                    logits = self._last_logits(n_vocab)
-                    logprob = log_softmax_at(logits, token)
-                    piece = decoder.decode(llm.detokenize([token], special=False))
-                    produced += 1
-                    text, hit = matcher.feed(piece)
-                    if text or not hit:
-                        yield TokenEvent(text=text, token_id=token, logprob=logprob)
-                    if hit:
-                        finish = "stop"
-                        break
-                    if produced >= budget:
-                        finish = "length"
-                        break
-                else:
-                    finish = "stop"
-            finally:
-                generator.close()
-            tail = matcher.flush() + decoder.decode(b"", final=True)
-            yield TokenEvent(text=tail, finish_reason=finish, matched_stop=matcher.matched)  # type: ignore[arg-type]
-
-    def _evaluate_prompt(self, tokens: list[int]) -> None:
-        """Bring the cache to exactly `tokens`, evaluated in aligned blocks (see module docstring)."""
-        llm = self._llm
-        keep = self._prefix.reusable_length(tokens)
-        self._prefix.forget()  # until the evaluation below has finished
-        if keep == 0:
-            llm.reset()
-        llm.n_tokens = keep  # eval() drops every cached token from here on before evaluating
+        """A call outside a session: a session of one call (its slot is free again at the end)."""
+        session = LlamaSession(self)
         try:
-            for start, stop in self._prefix.chunks(keep, len(tokens)):
-                llm.eval(tokens[start:stop])
-        except Exception as exc:
-            llm.reset()
-            raise EngineError(f"llama.cpp failed to evaluate the prompt: {exc}") from exc
-        self._prefix.evaluated(tokens)
+            yield from session.decode(tokens, params, budget, cancel)
+        finally:
+            session.close()
 
-    def _last_logits(self, n_vocab: int):
-        import numpy as np
-
-        pointer = self._llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
-        if not pointer:
-            raise EngineError("llama.cpp returned no logits for the last position")
-        return np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+    def session(self) -> "LlamaSession":
+        return LlamaSession(self)
 
     def perf(self) -> dict[str, float]:
-        """llama.cpp's own counters: prompt and decode token counts and milliseconds."""
-        data = self._llama_cpp.llama_perf_context(self._llm._ctx.ctx)
+        """Tokens the engine evaluated: prompt tokens read (`prompt_tokens`), sampled tokens fed
+        back (`decode_tokens`), llama_decode calls (`batches`); and llama.cpp's own milliseconds."""
+        data = self._llama_cpp.llama_perf_context(self._scheduler._ctx)
+        counts = self._scheduler.counts
         return {
-            "prompt_tokens": data.n_p_eval,
+            "prompt_tokens": counts["prompt_tokens"],
+            "decode_tokens": counts["sampled_tokens"],
+            "batches": counts["batches"],
             "prompt_ms": data.t_p_eval_ms,
-            "decode_tokens": data.n_eval,
             "decode_ms": data.t_eval_ms,
         }
 
     def info(self) -> dict[str, object]:
         return {**super().info(), "path": str(self.path), "adapter": str(self.adapter) if self.adapter else None,
-                "n_threads": self.n_threads, "prefix_block": self._prefix.block}
+                "n_threads": self.n_threads, "n_parallel": self.n_parallel, "flash_attn": self.flash_attn,
+                "prefix_block": self.prefix_block}
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        with self._lock:
-            self._llm.close()
+        self._scheduler.close()
+        self._llm.close()
+
+
+class LlamaSession(EngineSession):
+    """One request on the llama.cpp engine: it holds a sequence (slot) from its first call to
+    `close`, so later calls evaluate only what their prompt adds to what the sequence holds."""
+
+    engine: LlamaCppEngine
+
+    def __init__(self, engine: LlamaCppEngine) -> None:
+        super().__init__(engine)
+        self._slot: Slot | None = None
+        self._closed = False
+
+    def stream(self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[TokenEvent]:
+        tokens, budget = self.engine._checked(prompt, params)
+        return self.decode(tokens, params, budget, cancel)
+
+    def decode(self, tokens: list[int], params: SamplingParams, budget: int,
+               cancel: threading.Event | None) -> Iterator[TokenEvent]:
+        if self._closed:
+            raise EngineError("this session was closed; open a new one with engine.session()")
+        scheduler = self.engine._scheduler
+        first = self._slot is None
+        if self._slot is None:
+            self._slot = scheduler.acquire(self, tokens)
+        return scheduler.stream(self._slot, tokens, params, budget, first=first, cancel=cancel)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._slot is not None:
+            self.engine._scheduler.release(self._slot)
+            self._slot = None

@@ -89,3 +89,9 @@ class AlignedPrefix:
     def forget(self) -> None:
         """The cache no longer holds what was recorded (an error, a reset, another sequence)."""
         self._reusable = []
+
+    def keep(self, length: int) -> None:
+        """The cache was cut back to its first `length` tokens: whole blocks below that stay reusable."""
+        if self.block:
+            length -= length % self.block
+        del self._reusable[length:]

@@ -39,7 +39,7 @@ from srl_sdk.core.format import (
 )
 from srl_sdk.core.steps import Confidence, FinishReason, Step, Trace
 from srl_sdk.core.types import Seed, Temperature, TopP
-from srl_sdk.engines.base import Engine, SamplingParams, TokenEvent
+from srl_sdk.engines.base import Engine, EngineSession, SamplingParams, TokenEvent
 from srl_sdk.errors import ContextOverflowError, InputError
 
 MAX_PROBLEM_CHARS = 20_000
@@ -198,7 +198,8 @@ class Driver:
         if steps and steps[-1].is_final:
             finish = "final_answer"
         else:
-            finish = yield from runner(trace, cancel, deadline)
+            with self.engine.session() as session:  # the engine may keep this problem's cache between calls
+                finish = yield from runner(session, trace, cancel, deadline)
         trace.finish_reason = finish
         final = next((s for s in reversed(trace.steps) if s.is_final), None)
         trace.answer = final.answer if final else None
@@ -220,6 +221,7 @@ class Driver:
     # -- decoding -----------------------------------------------------------------------------
     def _run_phase(
         self,
+        session: EngineSession,
         prompt: str,
         params: SamplingParams,
         phase: Literal["thought", "action"],
@@ -233,7 +235,7 @@ class Driver:
         """Decode one phase into `out`; the prompt's tokens are added to `usage` (every phase
         re-sends its whole prompt, so prompt_tokens counts what the engine was given in total)."""
         usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + self.engine.count_tokens(prompt)
-        stream = _generator(self.engine.stream(prompt, params, cancel))
+        stream = _generator(session.stream(prompt, params, cancel))
         try:
             for event in stream:
                 if event.finish_reason is not None:
@@ -272,7 +274,7 @@ class Driver:
         out.text += text
         return text
 
-    def _stepwise(self, trace: Trace, cancel: threading.Event | None, deadline: float | None):
+    def _stepwise(self, session: EngineSession, trace: Trace, cancel: threading.Event | None, deadline: float | None):
         cfg = self.config
         engine = self.engine
         seen = {_normalise(s.action) for s in trace.steps}
@@ -287,6 +289,7 @@ class Driver:
             prompt = base + THINK_OPEN
             try:
                 yield from self._run_phase(
+                    session,
                     prompt,
                     cfg.sampling(min(cfg.max_thought_tokens, cfg.max_total_tokens - used_tokens), THOUGHT_STOPS),
                     "thought", index, cancel, deadline, thought, trace.usage,
@@ -308,6 +311,7 @@ class Driver:
             used_tokens += len(thought.logprobs)
             try:
                 yield from self._run_phase(
+                    session,
                     action_prompt,
                     cfg.sampling(min(cfg.max_action_tokens, max(1, cfg.max_total_tokens - used_tokens)), []),
                     "action", index, cancel, deadline, action, trace.usage,
@@ -347,11 +351,11 @@ class Driver:
             if used_tokens >= cfg.max_total_tokens:
                 return "length"
 
-    def _free(self, trace: Trace, cancel: threading.Event | None, deadline: float | None):
+    def _free(self, session: EngineSession, trace: Trace, cancel: threading.Event | None, deadline: float | None):
         cfg = self.config
         prompt = self.engine.render(free_messages(trace.problem, self.engine.prompt_style))
         trace.usage["prompt_tokens"] = trace.usage.get("prompt_tokens", 0) + self.engine.count_tokens(prompt)
-        stream = _generator(self.engine.stream(prompt, cfg.sampling(cfg.max_total_tokens, []), cancel))
+        stream = _generator(session.stream(prompt, cfg.sampling(cfg.max_total_tokens, []), cancel))
         pending = ""  # text of the line being written
         logprobs: list[float] = []
         started = time.perf_counter()

@@ -46,21 +46,21 @@ import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import Any
 
 import litserve as ls
 from fastapi import Header, Request
 
 from srl_sdk.core.steps import Step, Trace
 from srl_sdk.errors import SRLError, StoreError
-from srl_sdk.reasoning.driver import Driver, Finished, ReasonConfig, TokenDelta, given_steps_to_steps
+from srl_sdk.engines.base import iterate_in_thread
+from srl_sdk.reasoning.driver import Driver, DriverEvent, Finished, ReasonConfig, TokenDelta, given_steps_to_steps
 from srl_sdk.serving.auth import check_bearer
 from srl_sdk.serving.boundary import public_error, server_paths
 from srl_sdk.serving.config import ServerConfig
 from srl_sdk.serving.spec import INTERRUPTED, StepSpec
 
-_END = object()
 logger = logging.getLogger("srl_sdk.serving")
 CANCEL_POLL_S = 0.1
 GAUGE_PERIOD_S = 0.5
@@ -110,8 +110,6 @@ class StepAPI(ls.LitAPI):
         self.engine = load_engine(self.config.model, self.config.engine, **placement.options)
         _close_engine_on_sigterm(self.engine, self._main_pid)
         self.store = self.config.trace_store()  # a DisabledStore with `store: false`
-        size = self.config.limits.streams_per_worker
-        self._pool = ThreadPoolExecutor(max_workers=size + 2, thread_name_prefix="srl-driver")
         self._running = 0
         self._counts = {"runs": 0, "steps": 0, "tokens": 0}
         self._changed = threading.Event()
@@ -184,7 +182,6 @@ class StepAPI(ls.LitAPI):
 
     # -- one run ------------------------------------------------------------------------------
     async def _run(self, job: dict) -> AsyncIterator[dict]:
-        loop = asyncio.get_running_loop()
         trace_id: str = job["trace_id"]
         config = ReasonConfig.model_validate(job["config"])
         run_config = config
@@ -206,19 +203,14 @@ class StepAPI(ls.LitAPI):
         )
         # which worker ran it (LitServe's index, as in /metrics); no pid or path: traces are served to clients
         partial.meta["server"] = {"model": self.config.model_name, "worker": self.worker}
-        events = Driver(self.engine, run_config).events(job["problem"], job["steps"], cancel=cancel, trace_id=trace_id)
+        events = self._events(Driver(self.engine, run_config), job, cancel)
         watcher = asyncio.create_task(self._watch(trace_id, cancel))
         try:
             await self._save(partial, job.get("owner"))  # in the try: a store that cannot be written ends in an error event
-            while True:
-                event = await loop.run_in_executor(self._pool, next, events, _END)
-                if event is _END:
-                    break
+            async for event in events:
                 if isinstance(event, TokenDelta):
-                    self._counts["tokens"] += 1
-                    if job["tokens"]:
-                        yield {"type": "token", "step_index": event.step_index, "phase": event.phase,
-                               "text": event.text, "logprob": event.logprob}
+                    yield {"type": "token", "step_index": event.step_index, "phase": event.phase,
+                           "text": event.text, "logprob": event.logprob}
                 elif isinstance(event, Step):
                     self._counts["steps"] += 1
                     partial.steps.append(event)
@@ -249,8 +241,23 @@ class StepAPI(ls.LitAPI):
         finally:
             cancel.set()
             watcher.cancel()
-            await loop.run_in_executor(self._pool, events.close)
+            await events.aclose()  # waits until the driver's thread has stopped the engine
             self._forget(trace_id)
+
+    def _events(self, driver: Driver, job: dict, cancel: threading.Event) -> AsyncGenerator[DriverEvent, None]:
+        """The driver's events, run in a thread of their own; token events cross to the event loop
+        only when the client asked for them (otherwise they are counted where they happen)."""
+        wanted = bool(job["tokens"])
+
+        def run() -> Iterator[DriverEvent]:
+            for event in driver.events(job["problem"], job["steps"], cancel=cancel, trace_id=job["trace_id"]):
+                if isinstance(event, TokenDelta):
+                    self._counts["tokens"] += 1
+                    if not wanted:
+                        continue
+                yield event
+
+        return iterate_in_thread(run(), cancel)
 
     async def _watch(self, trace_id: str, cancel: threading.Event) -> None:
         while not cancel.is_set():

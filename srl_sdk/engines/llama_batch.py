@@ -1,0 +1,404 @@
+"""Several sequences decoded in one llama.cpp batch: the llama.cpp engine's scheduler.
+
+Why: one llama.cpp context used to serve one sequence at a time, so concurrent streams took turns
+and evicted each other's KV cache (issue 15: 4 streams gave less aggregate throughput than 1).
+Here one context holds `n_parallel` sequences, each in its own KV stream (`kv_unified=False`), and
+one thread (`BatchScheduler`) owns the context: one `llama_decode` carries the next token of every
+stream that is decoding, so one pass over the weights serves several streams; prompts are read
+between those passes, a bounded amount at a time.
+
+What keeps the text of a stream the same as when it runs alone:
+- every sequence has its own KV stream, so attention over one stream never sees another's cells
+  (with one unified cache the same prompt came out different depending on where its cells lay);
+- flash attention is off by default: on 2 threads its one-query path (a stream decoding alone)
+  rounds differently from its several-query path once a stream passes 256 tokens, by up to 1.4
+  in a logit, so a stream's text changed with its neighbours; without it, alone and batched gave
+  the same logits bit for bit (measured here, 1 and 2 threads, streams of 100-800 tokens);
+- a prompt is always read in chunks cut at fixed positions (`aligned_chunks`), one `llama_decode`
+  per chunk with nothing else in it: with separate KV streams llama.cpp cuts a mixed batch into
+  equal-length pieces per sequence (`split_equal`), which would cut a chunk differently depending
+  on what ran beside it;
+- each stream samples with its own llama.cpp sampler chain (its own seed).
+Whether a matrix kernel rounds a row differently when other rows share its batch is the
+processor's business; the tests and `benchmarks/serving_overhead.py` count how often a stream's
+greedy text differed from its text alone (0 on this project's machines).
+
+Slots and reuse. A slot is a sequence id with the tokens its KV stream holds (`history`). A
+session (one request: the driver's steps and phases of one problem) keeps its slot, so each
+phase evaluates only the tokens its prompt adds to what the slot already holds. A new session
+takes the free slot whose cache shares the longest *aligned* prefix with its first prompt (the
+shared system prompt); only whole blocks that were read as blocks from position 0
+(`srl_sdk.engines.prefix.AlignedPrefix`) are reused across requests, so a request's text never
+depends on what an earlier request left in the cache. When every slot is busy, a new session
+waits for one, first come first served.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import math
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent
+from srl_sdk.engines.prefix import AlignedPrefix
+from srl_sdk.errors import EngineError
+
+__all__ = ["BatchScheduler", "Slot", "aligned_chunks"]
+
+PREFILL_PER_STEP = 128
+"""Prompt tokens read between two tokens of the streams that are decoding (`n_batch` when none
+is): a long prompt then delays the others' next token by one 128-token pass, not a whole read."""
+
+
+def aligned_chunks(start: int, end: int, block: int) -> list[tuple[int, int]]:
+    """`[a, b)` ranges that read positions start..end-1, cut at multiples of `block`.
+
+    The cuts depend on the positions only, never on what else is being read. A lone last token
+    joins the chunk before it (a one-token batch takes another kernel path in llama.cpp). From a
+    block boundary this is exactly `AlignedPrefix.chunks`.
+    """
+    if block <= 0 or end - start <= 1:
+        return [(start, end)] if end > start else []
+    cuts = [start]
+    position = (start // block + 1) * block
+    while position < end:
+        cuts.append(position)
+        position += block
+    if end - cuts[-1] == 1 and len(cuts) > 1:
+        cuts.pop()
+    cuts.append(end)
+    return list(zip(cuts, cuts[1:]))
+
+
+@dataclass
+class Slot:
+    """One sequence of the context: what its KV stream holds and who uses it."""
+
+    seq: int
+    prefix: AlignedPrefix
+    history: list[int] = field(default_factory=list)  # tokens at positions 0..len-1 of this stream
+    owner: object | None = None
+    used: int = 0  # when it was last taken (least recently used among equals is reused first)
+
+
+@dataclass
+class _Job:
+    """One engine call in progress on a slot: read `tokens[start:]`, then sample up to `budget`."""
+
+    slot: Slot
+    tokens: list[int]
+    chunks: deque[tuple[int, int]]
+    params: SamplingParams
+    budget: int
+    cancel: threading.Event | None
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    sampler: Any = None
+    matcher: StopMatcher | None = None
+    decoder: Any = None
+    produced: int = 0
+    next_token: int | None = None  # sampled, to be evaluated in the next batch
+    aligned_end: int = 0  # the first prompt's canonical reading: record it when the last chunk is read
+    trimmed: bool = False  # the slot's cache was cut back to what this job reuses
+    closed: bool = False  # the reader went away
+    finished: bool = False
+
+
+class BatchScheduler:
+    """Owns a llama.cpp context with `n_parallel` sequences and decodes them together."""
+
+    def __init__(self, llm: Any, llama_cpp: Any, *, n_ctx: int, n_parallel: int, n_threads: int, n_batch: int,
+                 flash_attn: bool, block: int, eog: set[int]) -> None:
+        """`llm`: the loaded `llama_cpp.Llama` (its model, vocabulary and LoRA adapter are used; its
+        own small context is not). `n_ctx`: tokens per sequence."""
+        self._l = llama_cpp
+        self._llm = llm
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx * n_parallel
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_parallel
+        params.kv_unified = False
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+        if not ctx:
+            raise EngineError(f"llama.cpp could not create a context of {n_parallel} x {n_ctx} tokens; "
+                              "lower n_ctx or n_parallel")
+        self._ctx = ctx
+        adapter = getattr(llm, "_lora_adapter", None)
+        if adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(getattr(llm, "lora_scale", 1.0))
+            if llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales):
+                llama_cpp.llama_free(ctx)
+                raise EngineError("llama.cpp could not apply the LoRA adapter to the batch context")
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(ctx) if hasattr(llama_cpp, "llama_n_ctx_seq") else n_ctx
+        self.n_batch = n_batch
+        self.n_vocab = llm.n_vocab()
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._eog = eog
+        self.slots = [Slot(seq, AlignedPrefix(block)) for seq in range(n_parallel)]
+        self.block = block
+        self._clock = 0
+        self._waiting: deque[object] = deque()  # sessions waiting for a slot, in arrival order
+        self._jobs: list[_Job] = []
+        self._turn = 0  # rotates which prompt is read first (no stream starves)
+        self._cond = threading.Condition()
+        self._closing = False
+        self.counts = {"prompt_tokens": 0, "sampled_tokens": 0, "batches": 0}
+        self._thread = threading.Thread(target=self._loop, name="llama.cpp batch", daemon=True)
+        self._thread.start()
+
+    # -- slots ---------------------------------------------------------------------------------
+    def acquire(self, owner: object, tokens: Sequence[int]) -> Slot:
+        """A free slot for `owner` (a session), the one whose cache serves `tokens` best; waits,
+        in arrival order, while every slot is taken."""
+        with self._cond:
+            self._waiting.append(owner)
+            try:
+                while True:
+                    if self._closing:
+                        raise EngineError("this engine was closed; create a new one")
+                    free = [s for s in self.slots if s.owner is None]
+                    if free and self._waiting[0] is owner:
+                        break
+                    self._cond.wait()
+            finally:
+                self._waiting.remove(owner)
+                self._cond.notify_all()
+            slot = max(free, key=lambda s: (s.prefix.reusable_length(tokens), -s.used))
+            slot.owner = owner
+            self._clock += 1
+            slot.used = self._clock
+            return slot
+
+    def release(self, slot: Slot) -> None:
+        """The session is over; its cache stays for the next one to reuse."""
+        with self._cond:
+            slot.owner = None
+            self._cond.notify_all()
+
+    # -- streaming -----------------------------------------------------------------------------
+    def stream(self, slot: Slot, tokens: list[int], params: SamplingParams, budget: int, *, first: bool,
+               cancel: threading.Event | None) -> Iterator[TokenEvent]:
+        """Read `tokens` into `slot` (only what it does not hold yet) and stream up to `budget`
+        sampled tokens. `first`: the session's first prompt (read in aligned blocks, reusable by
+        later sessions)."""
+        job = self._job(slot, tokens, params, budget, first, cancel)
+        with self._cond:
+            if self._closing:
+                raise EngineError("this engine was closed; create a new one")
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return self._events(job)
+
+    def _job(self, slot: Slot, tokens: list[int], params: SamplingParams, budget: int, first: bool,
+             cancel: threading.Event | None) -> _Job:
+        if first:
+            keep = slot.prefix.reusable_length(tokens)
+            chunks = slot.prefix.chunks(keep, len(tokens))
+        else:
+            keep = _common_prefix(slot.history, tokens)
+            keep = min(keep, len(tokens) - 1)  # the last prompt token is read again: its logits are needed
+            chunks = aligned_chunks(keep, len(tokens), self.block)
+        job = _Job(slot, tokens, deque(chunks), params, budget, cancel)
+        job.aligned_end = len(tokens) if first else 0
+        job.sampler = self._sampler(params)
+        job.matcher = StopMatcher(params.stop)
+        job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return job
+
+    @staticmethod
+    def _events(job: _Job) -> Iterator[TokenEvent]:
+        """The job's events as they come; closing it ends the job and waits until the thread has
+        dropped it (the slot must be still before the session's next call reads its cache)."""
+        try:
+            while True:
+                item = job.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.closed = True  # the thread ends the job at its next batch
+            while not job.finished:
+                job.out.get()
+
+    def _sampler(self, params: SamplingParams) -> Any:
+        lib = self._l
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if params.temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else lib.LLAMA_DEFAULT_SEED
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    # -- the thread ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    jobs, self._jobs = self._jobs, []
+                    for job in jobs:
+                        self._finish(job, EngineError("this engine was closed while a stream was running"))
+                    return
+                jobs = list(self._jobs)
+            try:
+                self._step(jobs)
+            except Exception as exc:  # noqa: BLE001 (every failure reaches the streams it hit)
+                error = exc if isinstance(exc, EngineError) else EngineError(f"llama.cpp failed: {exc}")
+                for job in jobs:
+                    self._forget(job.slot)
+                    self._finish(job, error)
+
+    def _step(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            if job.closed or (job.cancel is not None and job.cancel.is_set()):
+                self._end(job, "cancelled")
+        jobs = [j for j in jobs if not j.finished]
+        for job in jobs:
+            if not job.trimmed:
+                self._trim(job)
+        decoding = [j for j in jobs if j.next_token is not None]
+        reading = [j for j in jobs if j.next_token is None and j.chunks]
+        if decoding:  # one call: the next token of every decoding stream
+            rows = []
+            for job in decoding:
+                token = job.next_token
+                assert token is not None
+                rows.append((token, len(job.slot.history), job.slot.seq, True))
+                job.slot.history.append(token)
+                job.next_token = None
+            self.counts["sampled_tokens"] += len(rows)
+            self._decode(rows)
+            for row, job in enumerate(decoding):
+                self._sample(job, row)
+        budget = PREFILL_PER_STEP if decoding else self.n_batch
+        if reading:
+            self._turn = (self._turn + 1) % len(reading)
+            reading = reading[self._turn:] + reading[: self._turn]
+        for job in reading:  # a call per prompt chunk: a chunk is read alike whatever else runs
+            while job.chunks and budget > 0 and not job.closed:
+                a, b = job.chunks.popleft()
+                budget -= b - a
+                last = not job.chunks
+                self._decode([(job.tokens[p], p, job.slot.seq, last and p == b - 1) for p in range(a, b)])
+                job.slot.history.extend(job.tokens[a:b])
+                self.counts["prompt_tokens"] += b - a
+                if last:
+                    self._sample(job, b - a - 1)
+
+    def _trim(self, job: _Job) -> None:
+        """Before a job's first chunk: drop what the slot holds beyond the reused prefix."""
+        job.trimmed = True
+        keep = job.chunks[0][0] if job.chunks else len(job.tokens)
+        slot = job.slot
+        if len(slot.history) > keep:
+            if not self._l.llama_memory_seq_rm(self._memory, slot.seq, keep, -1):
+                self._l.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+                slot.history = []
+                slot.prefix.forget()
+                job.chunks = deque(aligned_chunks(0, len(job.tokens), self.block))
+                return
+            del slot.history[keep:]
+        slot.prefix.keep(min(keep, len(slot.history)))
+
+    def _decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        batch = self._batch
+        batch.n_tokens = len(rows)
+        for i, (token, position, seq, logits) in enumerate(rows):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = logits
+        status = self._l.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise EngineError(f"llama_decode returned {status} for a batch of {len(rows)} tokens "
+                              "(1: no room left in the KV cache)")
+        self.counts["batches"] += 1
+
+    def _sample(self, job: _Job, row: int) -> None:
+        import numpy as np
+
+        if job.aligned_end:  # the first prompt was read in aligned blocks: later sessions may reuse them
+            job.slot.prefix.evaluated(job.tokens[: job.aligned_end])
+            job.aligned_end = 0
+        pointer = self._l.llama_get_logits_ith(self._ctx, row)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        token = int(self._l.llama_sampler_sample(job.sampler, self._ctx, row))
+        if job.closed or (job.cancel is not None and job.cancel.is_set()):
+            self._end(job, "cancelled")
+            return
+        if token in self._eog:
+            self._end(job, "stop")
+            return
+        peak = float(logits.max())
+        logprob = float(logits[token]) - peak - math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
+        job.produced += 1
+        piece = job.decoder.decode(self._llm.detokenize([token], special=False))
+        assert job.matcher is not None
+        text, hit = job.matcher.feed(piece)
+        if text or not hit:
+            job.out.put(TokenEvent(text=text, token_id=token, logprob=logprob))
+        if hit:
+            self._end(job, "stop")
+        elif job.produced >= job.budget or len(job.slot.history) + 1 >= self.n_ctx:
+            self._end(job, "length")
+        else:
+            job.next_token = token
+
+    def _end(self, job: _Job, finish: str) -> None:
+        assert job.matcher is not None
+        tail = job.matcher.flush() + job.decoder.decode(b"", final=True)
+        self._finish(job, TokenEvent(text=tail, finish_reason=finish, matched_stop=job.matcher.matched))  # type: ignore[arg-type]
+
+    def _finish(self, job: _Job, last: TokenEvent | BaseException) -> None:
+        with self._cond:
+            if job in self._jobs:
+                self._jobs.remove(job)
+        if job.sampler is not None:
+            self._l.llama_sampler_free(job.sampler)
+            job.sampler = None
+        job.finished = True
+        job.out.put(last)
+
+    def _forget(self, slot: Slot) -> None:
+        """After a failed batch the slot's cache is unknown: empty it."""
+        self._l.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+        slot.history = []
+        slot.prefix.forget()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._l.llama_batch_free(self._batch)
+        self._l.llama_free(self._ctx)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
