@@ -58,16 +58,17 @@ def bandwidth(runs: int = 5, threads: int = 2) -> dict[str, float]:
     return out
 
 
-def model_bytes() -> int:
+def model_bytes(path: Path | None = None) -> int:
+    """Bytes of the GGUF file (the shipped one unless `path` says which build)."""
     from srl_sdk.engines.models import smollm2_gguf_path
 
-    return smollm2_gguf_path().stat().st_size
+    return (path or smollm2_gguf_path()).stat().st_size
 
 
-def decode_floor(runs: int = 5) -> dict[str, float]:
-    """The tokens/s limit: read bandwidth / bytes read per token."""
+def decode_floor(runs: int = 5, path: Path | None = None) -> dict[str, float]:
+    """The tokens/s limit: read bandwidth / bytes read per token (of `path`, default the shipped file)."""
     bw = bandwidth(runs)
-    size = model_bytes()
+    size = model_bytes(path)
     return {"bandwidth_gb_s": bw["best_gb_s"], "copy_gb_s_1": bw["copy_gb_s_1"], "copy_gb_s_2": bw.get("copy_gb_s_2", 0.0),
             "model_mb": size / 1e6, "tokens_per_s": bw["best_gb_s"] * 1e9 / size}
 

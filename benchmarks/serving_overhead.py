@@ -1,21 +1,23 @@
-"""Serving overhead: `srl serve` against raw llama-cpp-python and against llama_cpp.server.
+"""Serving overhead and concurrency: `srl serve` against raw llama-cpp-python and llama_cpp.server.
 
-Why: a user picks this server over calling llama.cpp by hand only if it costs little. All three
-run the SAME step protocol on the SAME prompt text (the driver's step prompt, SmolLM2 Q4_1 GGUF,
-same n_threads / n_ctx, greedy, same per-phase token caps): for step k, a thought phase (prompt +
-`<think>`, stops at `</think>`/blank line) then an action phase (prompt + thought + `</think>\\n`,
-one line). The peers get the loop written by hand, as a user stitching llama.cpp would;
-`srl serve` runs it in its driver and adds per-token logprobs, checks, SSE and a SQLite trace.
+Why: a user picks this server over calling llama.cpp by hand only if it costs nothing at one
+stream and gains when several users come at once. All three run the SAME step protocol on the SAME
+prompt text (the driver's step prompt, the same GGUF build, same n_threads / n_ctx / flash
+attention, greedy, same per-phase token caps): for step k, a thought phase (prompt + `<think>`,
+stops at `</think>`/blank line) then an action phase (prompt + thought + `</think>\\n`, one line).
+The peers get the loop written by hand, as a user stitching llama.cpp would; `srl serve` runs it in
+its driver and adds per-token logprobs, checks, SSE and a SQLite trace.
 
 Measured per run: time to first step (request sent -> first complete step), generated tokens
-(each engine's own count of sampled tokens: `usage.completion_tokens` for llama-cpp-python and its
-server, the trace's `usage.completion_tokens` for srl), and tokens/s end to end (tokens / wall time,
-prompt processing included, identical prompts for all). 1 stream, and 4 concurrent streams on 4
-problems (aggregate tokens/s). Variants run round-robin inside each repetition so load drifts hit
-all of them alike; medians over repetitions. The last column relates tokens/s to the memory
-bandwidth floor (see memory_floor.py).
+(each engine's own count of sampled tokens), tokens/s end to end (tokens / wall time, prompt
+processing included), and prompt tokens evaluated per generated token (raw: what
+`Llama.eval` was handed in batches of more than one token; srl serve: its engine's counters on
+/metrics; llama_cpp.server: not visible). 1, 2, 4 and 8 concurrent streams on as many problems
+(aggregate tokens/s). Variants run round-robin inside each repetition so load drifts hit all of
+them alike; medians over repetitions. Text: each problem's steps from `srl serve` alone, from
+`srl serve` with all the other streams running, and from raw llama-cpp-python, compared.
 
-    .venv/bin/python benchmarks/serving_overhead.py --threads 1 --runs 3
+    .venv/bin/python benchmarks/serving_overhead.py --threads 2 --runs 3
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from common import REPO_ROOT, Session, median, table, write_section  # noqa: E40
 
 from srl_sdk.core.answers import extract_answer  # noqa: E402
 from srl_sdk.core.format import THINK_CLOSE, THINK_OPEN, THOUGHT_STOPS, step_messages, strip_step_label  # noqa: E402
-from srl_sdk.engines.models import smollm2_gguf_path  # noqa: E402
+from srl_sdk.engines.models import resolve_model  # noqa: E402
 
 GSM8K = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 
@@ -51,6 +53,8 @@ class Settings:
     steps: int
     thought_tokens: int
     action_tokens: int
+    model_path: Path = field(default_factory=lambda: resolve_model("smollm2").gguf)  # the build `srl serve` loads
+    flash_attn: bool = False  # the llama.cpp engine's default
 
 
 @dataclass
@@ -108,8 +112,9 @@ class RawLlama:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self.llm = llama_cpp.Llama(model_path=str(smollm2_gguf_path()), n_ctx=s.n_ctx, n_threads=s.threads,
-                                   n_threads_batch=s.threads, logits_all=False, verbose=False)
+        self.llm = llama_cpp.Llama(model_path=str(s.model_path), n_ctx=s.n_ctx, n_threads=s.threads,
+                                   n_threads_batch=s.threads, logits_all=False, flash_attn=s.flash_attn,
+                                   verbose=False)
         meta = self.llm.metadata
         eos = self.llm.detokenize([self.llm.token_eos()], special=True).decode()
         bos = self.llm.detokenize([self.llm.token_bos()], special=True).decode()
@@ -117,14 +122,21 @@ class RawLlama:
                                              bos_token=bos, add_generation_prompt=True)
         self.lock = threading.Lock()
         self.settings = s
+        self.prompt_tokens = 0  # tokens handed to Llama.eval in batches of more than one
+        evaluate = self.llm.eval
+
+        def counting(tokens):
+            if len(tokens) > 1:
+                self.prompt_tokens += len(tokens)
+            return evaluate(tokens)
+
+        self.llm.eval = counting  # type: ignore[method-assign]
 
     def render(self, messages: list[dict]) -> str:
         return self.formatter(messages=messages).prompt
 
-    def complete(self, prompt: str, max_tokens: int, stop: list[str], fresh: bool = False) -> tuple[str, int, str]:
+    def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int, str]:
         with self.lock:
-            if fresh:
-                self.llm.reset()  # evaluate the whole prompt from an empty cache
             out = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1,
                                              repeat_penalty=1.0, stop=stop)
         choice = out["choices"][0]
@@ -133,11 +145,8 @@ class RawLlama:
     def run(self, problem: str) -> RunResult:
         return peer_run(self.complete, self.render, problem, self.settings)
 
-    def reference(self, problem: str) -> list[str]:
-        """What the model writes when every prompt is evaluated from scratch: the text any correct
-        prompt cache must reproduce (not timed)."""
-        fresh = lambda prompt, max_tokens, stop: self.complete(prompt, max_tokens, stop, fresh=True)  # noqa: E731
-        return peer_run(fresh, self.render, problem, self.settings).actions
+    def evaluated(self) -> int | None:
+        return self.prompt_tokens
 
 
 class LlamaCppServer:
@@ -152,10 +161,10 @@ class LlamaCppServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = s
         self.render = render
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf_path()),
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(s.model_path),
                    "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(s.n_ctx),
                    "--n_threads", str(s.threads), "--n_threads_batch", str(s.threads),
-                   "--logits_all", "false", "--verbose", "false"]
+                   "--logits_all", "false", "--flash_attn", str(s.flash_attn).lower(), "--verbose", "false"]
         self.process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
         deadline = time.monotonic() + 120
@@ -186,6 +195,9 @@ class LlamaCppServer:
     def run(self, problem: str) -> RunResult:
         return peer_run(self.complete, self.render, problem, self.settings)
 
+    def evaluated(self) -> int | None:
+        return None  # not visible from outside its process
+
     def close(self) -> None:
         self.process.terminate()
         try:
@@ -206,7 +218,7 @@ class SrlServe:
         config = folder / "srl.yaml"
         config.write_text(
             "host: 127.0.0.1\nmodel: smollm2\nengine: llama.cpp\n"
-            f"engine_options: {{n_ctx: {s.n_ctx}, n_threads: {s.threads}}}\n"
+            f"engine_options: {{n_ctx: {s.n_ctx}, n_threads: {s.threads}, flash_attn: {str(s.flash_attn).lower()}}}\n"
             f"store: {folder / 'traces.db'}\nlog_level: warning\n"
             f"reason: {{max_steps: {s.steps}, max_thought_tokens: {s.thought_tokens}, "
             f"max_action_tokens: {s.action_tokens}, temperature: 0.0}}\n"
@@ -232,35 +244,49 @@ class SrlServe:
                     raise RuntimeError(f"srl serve answered an error: {event.data}")
         raise RuntimeError("srl serve ended the stream without `done`")
 
+    def evaluated(self) -> int | None:
+        """The engine's prompt tokens read so far, from /metrics (published every 0.5 s)."""
+        time.sleep(1.0)
+        text = self.client.get(self.server.url + "/metrics").text
+        for line in text.splitlines():
+            if line.startswith("srl_engine_prompt_tokens_evaluated{"):
+                return int(float(line.rsplit(" ", 1)[1]))
+        raise RuntimeError("/metrics has no srl_engine_prompt_tokens_evaluated")
+
     def close(self) -> None:
         self.server.stop()
 
 
-def measure(variant, items: list[str]) -> tuple[float, float, list[RunResult]]:
-    """Run `items` concurrently; returns (aggregate tokens/s, median time to first step, results)."""
+def measure(variant, items: list[str]) -> tuple[float, float, list[RunResult], float | None]:
+    """Run `items` concurrently: (aggregate tokens/s, median time to first step, results, prompt
+    tokens evaluated per generated token or None where not visible)."""
+    before = variant.evaluated()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(items)) as pool:
         results = list(pool.map(variant.run, items))
     wall = time.perf_counter() - t0
-    return sum(r.tokens for r in results) / wall, median([r.ttfs_s for r in results]), results
+    after = variant.evaluated()
+    tokens = sum(r.tokens for r in results)
+    per_token = (after - before) / tokens if before is not None and after is not None and tokens else None
+    return tokens / wall, median([r.ttfs_s for r in results]), results, per_token
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="n_threads for all three (1 holds up best under load)")
+    parser.add_argument("--threads", type=int, default=2, help="n_threads for all three")
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--thought-tokens", type=int, default=32)
     parser.add_argument("--action-tokens", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3, help="repetitions (medians over them)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--no-docs", action="store_true", help="print only; do not write docs/benchmarks.md")
     args = parser.parse_args()
     s = Settings(args.threads, args.n_ctx, args.steps, args.thought_tokens, args.action_tokens)
     session = Session()
     from memory_floor import decode_floor
 
-    floor = decode_floor()
+    floor = decode_floor(path=s.model_path)
     qs = problems(max(args.concurrency))
     folder = Path(tempfile.mkdtemp(prefix="srl-bench-"))
     raw = RawLlama(s)
@@ -269,18 +295,25 @@ def main() -> None:
     variants = [raw, peer_server, ours]
     rates: dict[tuple[str, int], list[float]] = {}
     ttfs: dict[tuple[str, int], list[float]] = {}
-    texts: dict[str, list[str]] = {}
+    work: dict[tuple[str, int], list[float]] = {}
+    concurrent_texts: list[list[str]] = []
     try:
         for variant in variants:  # warm-up: page in the model, fill caches; not measured
-            texts[variant.name] = variant.run(qs[0]).actions
-        reference = raw.reference(qs[0])
+            variant.run(qs[0])
+        # the text check (not timed): every problem alone, through srl serve and raw llama-cpp-python
+        alone = {v.name: [v.run(q).actions for q in qs] for v in (raw, ours)}
         for rep in range(args.runs):
             for conc in args.concurrency:
                 for variant in variants:
-                    rate, first, _ = measure(variant, qs[:conc])
+                    rate, first, results, per_token = measure(variant, qs[:conc])
                     rates.setdefault((variant.name, conc), []).append(rate)
                     ttfs.setdefault((variant.name, conc), []).append(first)
-                    print(f"run {rep + 1} x{conc} {variant.name}: {rate:.1f} tok/s, first step {first:.2f} s", flush=True)
+                    if per_token is not None:
+                        work.setdefault((variant.name, conc), []).append(per_token)
+                    if variant is ours and conc == max(args.concurrency):
+                        concurrent_texts.append([r.actions for r in results])
+                    print(f"run {rep + 1} x{conc} {variant.name}: {rate:.1f} tok/s, first step {first:.2f} s"
+                          + (f", {per_token:.2f} prompt tokens per token" if per_token is not None else ""), flush=True)
     finally:
         peer_server.close()
         ours.close()
@@ -291,57 +324,56 @@ def main() -> None:
         for variant in variants:
             rate = median(rates[(variant.name, conc)])
             first = median(ttfs[(variant.name, conc)])
+            per_token = work.get((variant.name, conc))
             rows.append([variant.name, conc, rate, rate / base, first, first / base_ttfs,
+                         f"{median(per_token):.2f}" if per_token else "n/a",
                          f"{100 * rate / floor['tokens_per_s']:.0f} %"])
+    one = median(rates[(ours.name, 1)])
+    scaling = ", ".join(f"{conc} streams {median(rates[(ours.name, conc)]) / one:.2f}x"
+                        for conc in args.concurrency if conc > 1)
     headers = ["variant", "streams", "tokens/s (end to end)", "x raw", "time to first step (s)", "x raw",
-               "of bandwidth floor"]
-    same = texts[ours.name] == reference
-    peers_same = {v.name: texts[v.name] == reference for v in variants if v is not ours}
+               "prompt tokens evaluated per generated token", "of bandwidth floor"]
+    same_as_raw = sum(a == b for a, b in zip(alone[ours.name], alone[raw.name]))
+    same_concurrent = sum(texts == alone[ours.name][: len(texts)] for texts in concurrent_texts)
+    differing = [i for i, (a, b) in enumerate(zip(alone[ours.name], alone[raw.name])) if a != b]
     out = table(headers, rows)
     print(out)
     notes = (
-        f"Settings: SmolLM2-135M Q4_1 GGUF, n_threads={s.threads}, n_ctx={s.n_ctx}, greedy, {s.steps} steps of "
-        f"at most {s.thought_tokens} thought + {s.action_tokens} action tokens, {args.runs} repetitions "
-        f"(medians), streams on the first {max(args.concurrency)} GSM8K train problems. "
-        f"`srl serve` wrote the same steps as the model evaluating every prompt from scratch (the reference "
-        f"a prompt cache must keep) on the warm-up problem: {'yes' if same else 'NO'}"
-        + ("" if same else f" (srl serve {texts[ours.name]}, reference {reference})") + "; "
-        "the peers with llama-cpp-python's own prefix reuse (whatever matched, the model's generated tokens "
-        "included): " + ", ".join(f"{name} {'same' if ok else 'different'}" for name, ok in peers_same.items())
-        + (f" ({ {k: v for k, v in texts.items() if not peers_same.get(k, True)} })" if not all(peers_same.values()) else "")
-        + ". "
+        f"Settings: SmolLM2-135M GGUF build `{s.model_path.name}` (the one `srl serve` loads for `smollm2`), "
+        f"n_threads={s.threads}, n_ctx={s.n_ctx}, flash attention {'on' if s.flash_attn else 'off'}, greedy, "
+        f"{s.steps} steps of at most {s.thought_tokens} thought + {s.action_tokens} action tokens, {args.runs} "
+        f"repetitions (medians), streams on the first {max(args.concurrency)} GSM8K train problems. "
+        f"`srl serve` aggregate tokens/s against its own one-stream rate: {scaling}. "
+        f"Greedy text: `srl serve` wrote the same steps as raw llama-cpp-python on {same_as_raw} of {len(qs)} problems"
+        + (f" (different: problems {differing})" if differing else "")
+        + f"; with all {max(args.concurrency)} streams running at once, every stream wrote the same steps as alone in "
+        f"{same_concurrent} of {len(concurrent_texts)} runs. "
         f"Bandwidth floor: {floor['bandwidth_gb_s']:.1f} GB/s (numpy copy, read + write) / {floor['model_mb']:.0f} MB per token "
         f"= {floor['tokens_per_s']:.0f} tokens/s."
     )
     print(notes)
-    top = max(args.concurrency)
     if not args.no_docs:
-        write_section("Serving overhead", session.machine_block() + "\n\n" + notes + "\n\n" + out + "\n\n"
-                      + EXPLAIN.format(raw_rates=", ".join(f"{r:.1f}" for r in rates[(raw.name, 1)]),
-                                       raw_ttfs=" to ".join(f"{f(ttfs[(raw.name, top)]):.1f}" for f in (min, max))))
+        write_section("Serving overhead", session.machine_block() + "\n\n" + notes + "\n\n" + out + "\n\n" + EXPLAIN)
 
 
 EXPLAIN = """\
-Why `srl serve` is below raw llama-cpp-python, and what it does that the peers do not:
-- 1 stream (the x raw column; for scale, raw alone spread over {raw_rates}
-  tokens/s across its runs here): per token it computes the sampled token's log-probability (a
-  log-softmax over 49,152 logits in numpy, for the step confidence: 0.8 ms a token, under 1 % of
-  generation time, see "Step accounting"), and each token event crosses from the driver's thread to the worker's event loop (one
-  thread-pool hop per token, even when, as here, token events are not sent to the client); per step it runs the arithmetic checks and writes the partial trace to
-  SQLite; per request it adds an HTTP hop. Time to first step is within run-to-run noise of the peers.
-- 4 streams: all three share one llama.cpp context, which keeps one sequence, so the streams take
-  turns and aggregate throughput does not grow; each switch re-evaluates the other stream's prompt
-  after the shared system prompt (the KV cache keeps only the common prefix). `srl serve` and
-  llama_cpp.server switch fairly, phase by phase / request by request. The raw in-process loop holds
-  a plain `threading.Lock`, which guarantees no order: the thread that just released it can re-take
-  it, so one stream may run several phases in a row and keep its cache. That is the likely reason
-  it does more work per second (not traced phase by phase); its time to first step swings from run
-  to run ({raw_ttfs} s in this run), the cost of that unfairness.
-  `srl serve` is above llama_cpp.server at 4 streams. Closing the gap to raw needs per-stream KV
-  states in the llama.cpp engine (llama-cpp-python's `LlamaRAMCache`, ~4.5 MB per 200-token state)
-  or llama.cpp's multi-sequence batching; that is engine work, not serving overhead.
-- Fraction of the bandwidth floor: end to end with prompt processing included and one thread, on a
-  loaded machine; see "Physical floor" for pure decode against the floor."""
+What the columns show:
+- x raw at 1 stream: `srl serve` (HTTP, SSE, the driver with per-token log-probabilities and checks,
+  a SQLite trace written per step) against the same loop written by hand on llama-cpp-python. The
+  engine keeps each request's KV cache across its steps and phases (only the text a phase adds is
+  read), runs the decode loop in its own thread (sampling in llama.cpp, no Python sampler), and the
+  server's driver runs in a thread of its own that hands the event loop only what the client asked
+  for (no thread round trip per token).
+- Several streams: raw llama-cpp-python and llama_cpp.server keep one sequence, so streams take
+  turns and evict each other's cache. The llama.cpp engine holds 4 sequences (`n_parallel`) with a
+  KV stream each and decodes all running streams in one `llama_decode`, so one pass over the
+  weights serves them all; an 8th stream waits for a free sequence (first come, first served).
+- Prompt tokens evaluated per generated token: the prompt work. Raw llama-cpp-python reuses
+  whatever prefix matched its one cached sequence; `srl serve` reuses a request's own sequence and,
+  across requests, only whole aligned blocks (so a request's text never depends on what ran before).
+- Fraction of the bandwidth floor: end-to-end tokens/s (prompt processing included) over the rate
+  at which memory could stream the weights once per token; batching several streams is the only
+  way past it."""
 
 
 if __name__ == "__main__":

@@ -154,7 +154,9 @@ class BatchScheduler:
         self._turn = 0  # rotates which prompt is read first (no stream starves)
         self._cond = threading.Condition()
         self._closing = False
-        self.counts = {"prompt_tokens": 0, "sampled_tokens": 0, "batches": 0}
+        # prompt tokens read, sampled tokens fed back, llama_decode calls, and sampled tokens that
+        # shared their call with another stream's (the batching at work)
+        self.counts = {"prompt_tokens": 0, "sampled_tokens": 0, "batches": 0, "shared_tokens": 0}
         self._thread = threading.Thread(target=self._loop, name="llama.cpp batch", daemon=True)
         self._thread.start()
 
@@ -180,6 +182,12 @@ class BatchScheduler:
             self._clock += 1
             slot.used = self._clock
             return slot
+
+    def busy(self) -> int:
+        return sum(1 for slot in self.slots if slot.owner is not None)
+
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     def release(self, slot: Slot) -> None:
         """The session is over; its cache stays for the next one to reuse."""
@@ -288,6 +296,8 @@ class BatchScheduler:
                 job.slot.history.append(token)
                 job.next_token = None
             self.counts["sampled_tokens"] += len(rows)
+            if len(rows) > 1:
+                self.counts["shared_tokens"] += len(rows)
             self._decode(rows)
             for row, job in enumerate(decoding):
                 self._sample(job, row)

@@ -171,15 +171,29 @@ class LlamaCppEngine(TokenLoopEngine):
 
     def perf(self) -> dict[str, float]:
         """Tokens the engine evaluated: prompt tokens read (`prompt_tokens`), sampled tokens fed
-        back (`decode_tokens`), llama_decode calls (`batches`); and llama.cpp's own milliseconds."""
+        back (`decode_tokens`; `shared_decode_tokens` of them in one call with another stream's),
+        llama_decode calls (`batches`); and llama.cpp's own milliseconds."""
         data = self._llama_cpp.llama_perf_context(self._scheduler._ctx)
         counts = self._scheduler.counts
         return {
             "prompt_tokens": counts["prompt_tokens"],
             "decode_tokens": counts["sampled_tokens"],
+            "shared_decode_tokens": counts["shared_tokens"],
             "batches": counts["batches"],
             "prompt_ms": data.t_p_eval_ms,
             "decode_ms": data.t_eval_ms,
+        }
+
+    def gauges(self) -> dict[str, int]:
+        """For /metrics: sequences in use and sessions waiting for one; prompt tokens read and
+        sampled tokens fed back since the engine loaded (their ratio is the prompt work per token)."""
+        scheduler = self._scheduler
+        return {
+            "sequences_busy": scheduler.busy(),
+            "sequences_total": self.n_parallel,
+            "sessions_waiting": scheduler.waiting(),
+            "prompt_tokens_evaluated": scheduler.counts["prompt_tokens"],
+            "tokens_decoded": scheduler.counts["sampled_tokens"],
         }
 
     def info(self) -> dict[str, object]:
