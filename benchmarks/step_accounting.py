@@ -57,7 +57,7 @@ def main() -> None:
     from srl_sdk.core.checks import run_checks
     from srl_sdk.core.format import THINK_CLOSE, parse_step_response, strip_step_label
     from srl_sdk.core.steps import Step
-    from srl_sdk.engines.base import log_softmax_at
+    from srl_sdk.engines.llama_batch import token_logprob
     from srl_sdk.engines.llama_cpp import LlamaCppEngine
     from srl_sdk.reasoning.driver import Driver, ReasonConfig
 
@@ -96,8 +96,9 @@ def main() -> None:
         total = sum(per_call_s(lambda s=s, work=work: work(s), args.repeats) for s in steps)
         rows.append([name, f"{1e6 * total / max(1, len(steps)):.0f}", f"{1e3 * total:.2f}",
                      f"{100 * total / generation_s:.3f} %"])
-    logits = engine._last_logits(engine._llm.n_vocab()).copy()
-    per_token = per_call_s(lambda: log_softmax_at(logits, 42), args.repeats)
+    logits = np.random.default_rng(0).standard_normal(engine._scheduler.n_vocab).astype(np.float32)
+    scratch = np.empty_like(logits)
+    per_token = per_call_s(lambda: token_logprob(logits, 42, scratch), args.repeats)
     rows.append(["(engine) per-token logprob, log-softmax over the vocabulary",
                  f"{1e6 * per_token * tokens / max(1, len(steps)):.0f}", f"{1e3 * per_token * tokens:.2f}",
                  f"{100 * per_token * tokens / generation_s:.2f} %"])

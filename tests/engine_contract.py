@@ -84,6 +84,18 @@ class EngineContract:
         assert sample(1) == first
         assert len({sample(seed) for seed in (2, 3, 4, 5)} | {first}) > 1
 
+    def test_a_session_streams_as_the_engine_does(self, engine):
+        """A session's calls keep `stream`'s contract; its first call is an ordinary call."""
+        prompt = engine.render(COUNTING)
+        alone = [(e.text, e.token_id, e.logprob, e.finish_reason) for e in engine.stream(prompt, SamplingParams(max_tokens=8))]
+        with engine.session() as session:
+            first = [(e.text, e.token_id, e.logprob, e.finish_reason)
+                     for e in session.stream(prompt, SamplingParams(max_tokens=8))]
+            longer = prompt + "".join(text for text, *_ in first)
+            more = list(session.stream(longer, SamplingParams(max_tokens=4)))
+        assert first == alone
+        assert more[-1].finish_reason == "length" and len(more) == 5
+
     def test_a_stop_string_ends_the_stream_and_is_left_out(self, engine):
         prompt = engine.render(COUNTING)
         full, _ = collect(engine, prompt, max_tokens=24)

@@ -49,11 +49,22 @@ from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent
 from srl_sdk.engines.prefix import AlignedPrefix
 from srl_sdk.errors import EngineError
 
-__all__ = ["BatchScheduler", "Slot", "aligned_chunks"]
+__all__ = ["BatchScheduler", "Slot", "aligned_chunks", "token_logprob"]
 
 PREFILL_PER_STEP = 128
 """Prompt tokens read between two tokens of the streams that are decoding (`n_batch` when none
 is): a long prompt then delays the others' next token by one 128-token pass, not a whole read."""
+
+
+def token_logprob(logits: Any, token: int, scratch: Any) -> float:
+    """log p(token) = logit - logsumexp(logits), in float32, using `scratch` (a float32 array of the
+    vocabulary's size) so that no array is allocated per token."""
+    import numpy as np
+
+    peak = logits.max()
+    np.subtract(logits, peak, out=scratch)
+    np.exp(scratch, out=scratch)
+    return float(logits[token] - peak) - math.log(float(scratch.sum()))
 
 
 def aligned_chunks(start: int, end: int, block: int) -> list[tuple[int, int]]:
@@ -145,6 +156,9 @@ class BatchScheduler:
         self.n_batch = n_batch
         self.n_vocab = llm.n_vocab()
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        import numpy as np
+
+        self._scratch = np.empty(self.n_vocab, dtype=np.float32)
         self._eog = eog
         self.slots = [Slot(seq, AlignedPrefix(block)) for seq in range(n_parallel)]
         self.block = block
@@ -243,11 +257,11 @@ class BatchScheduler:
                 job.out.get()
 
     def _sampler(self, params: SamplingParams) -> Any:
+        """llama.cpp's sampler chain for a sampled stream (its own seed); None for greedy (argmax)."""
+        if params.temperature <= 0:
+            return None
         lib = self._l
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if params.temperature <= 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
         if params.top_k > 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(params.top_k))
         if params.top_p < 1.0:
@@ -354,15 +368,17 @@ class BatchScheduler:
             job.aligned_end = 0
         pointer = self._l.llama_get_logits_ith(self._ctx, row)
         logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
-        token = int(self._l.llama_sampler_sample(job.sampler, self._ctx, row))
+        if job.sampler is None:  # greedy: the first largest logit, as llama.cpp's greedy sampler picks
+            token = int(logits.argmax())
+        else:
+            token = int(self._l.llama_sampler_sample(job.sampler, self._ctx, row))
         if job.closed or (job.cancel is not None and job.cancel.is_set()):
             self._end(job, "cancelled")
             return
         if token in self._eog:
             self._end(job, "stop")
             return
-        peak = float(logits.max())
-        logprob = float(logits[token]) - peak - math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
+        logprob = token_logprob(logits, token, self._scratch)
         job.produced += 1
         piece = job.decoder.decode(self._llm.detokenize([token], special=False))
         assert job.matcher is not None

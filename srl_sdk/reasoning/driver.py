@@ -4,14 +4,16 @@ Stepwise mode asks for one step per engine call, exactly as SRL trains the model
 the problem and the steps so far (expert, model or person-edited), and the reply is
 `<think>…</think>` then the step. Each step is decoded in two phases over the same prompt text:
 the thought (prefilled `<think>`, stopped at `</think>`), then the action (prefilled with the
-thought and `</think>`, stopped at the end of the line). For a model that follows the protocol
-the two phases see the same text one call would (same tokens), though not the same arithmetic:
-the second phase reads the thought back as part of its prompt, in batches, where one call would
-have read each token as it was sampled, so a greedy near-tie can go the other way. What the
-engines guarantee is that the same prompt always gives the same result (srl_sdk/engines/prefix.py),
-so a trace is reproducible; prompt reuse keeps the shared system prompt and earlier steps from
-being evaluated again. For a model that does not close its thought, the step is still split where
-it should be and honestly marked `format_ok=False`.
+thought and `</think>`, stopped at the end of the line). A problem's calls go through one engine
+session (`Engine.session`): an engine that keeps state per request (llama.cpp) keeps the problem's
+KV cache from call to call, so the action phase reads only `</think>\n` after the thought it has
+just written, and the next step reads only the new step line and what follows it; the shared
+system prompt is reused across requests in whole aligned blocks only (srl_sdk/engines/prefix.py).
+A request's result therefore depends on the request alone, never on what ran before it or beside
+it (where the processor's batched kernels round as its one-row kernels do, which
+tests/test_llama_batching.py checks): traces are reproducible. (Engines without sessions get
+each phase's whole prompt and reuse what they can.) For a model that does not close its thought,
+the step is still split where it should be and honestly marked `format_ok=False`.
 
 Free mode makes one call for the whole solution and cuts steps out of the text as it streams.
 """
