@@ -3,9 +3,13 @@
 Why: one llama.cpp context used to serve one sequence at a time, so concurrent streams took turns
 and evicted each other's KV cache (issue 15: 4 streams gave less aggregate throughput than 1).
 Here one context holds `n_parallel` sequences, each in its own KV stream (`kv_unified=False`), and
-one thread (`BatchScheduler`) owns the context: one `llama_decode` carries the next token of every
-stream that is decoding, so one pass over the weights serves several streams; prompts are read
-between those passes, a bounded amount at a time.
+one `llama_decode` carries the next token of every stream that is decoding, so one pass over the
+weights serves several streams; prompts are read between those passes, a bounded amount at a
+time. There is no scheduler thread: a stream that wants its next token runs the next batch (for
+every stream) itself unless another stream's thread is running one (`BatchScheduler._next`). Alone,
+a stream therefore decodes in its own thread with nothing in between, like a hand-written loop; a
+thread per token in between cost 2-10 % of one-stream speed on 2 cores, its Python work competing
+with llama.cpp's threads for them.
 
 What keeps the text of a stream the same as when it runs alone:
 - every sequence has its own KV stream, so attention over one stream never sees another's cells
@@ -14,8 +18,9 @@ What keeps the text of a stream the same as when it runs alone:
   rounds differently from its several-query path once a stream passes 256 tokens, by up to 1.4
   in a logit, so a stream's text changed with its neighbours; without it, alone and batched gave
   the same logits bit for bit (measured here, 1 and 2 threads, streams of 100-800 tokens);
-- a prompt is always read in chunks cut at fixed positions (`aligned_chunks`), one `llama_decode`
-  per chunk with nothing else in it: with separate KV streams llama.cpp cuts a mixed batch into
+- a prompt is always read in chunks cut where the request alone decides (a first prompt at fixed
+  positions, `aligned_chunks`; what a later call adds, in one piece), one `llama_decode` per chunk
+  with nothing else in it: with separate KV streams llama.cpp cuts a mixed batch into
   equal-length pieces per sequence (`split_equal`), which would cut a chunk differently depending
   on what ran beside it;
 - each stream samples with its own llama.cpp sampler chain (its own seed).
@@ -42,6 +47,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,14 +171,14 @@ class BatchScheduler:
         self._clock = 0
         self._waiting: deque[object] = deque()  # sessions waiting for a slot, in arrival order
         self._jobs: list[_Job] = []
-        self._turn = 0  # rotates which prompt is read first (no stream starves)
-        self._cond = threading.Condition()
+        self._rotation = 0  # rotates which prompt is read first (no stream starves)
+        self._cond = threading.Condition()  # slots, the waiting line and the job list
+        self._turns = threading.Condition()  # who runs the next batch
+        self._stepping = False
         self._closing = False
         # prompt tokens read, sampled tokens fed back, llama_decode calls, and sampled tokens that
         # shared their call with another stream's (the batching at work)
         self.counts = {"prompt_tokens": 0, "sampled_tokens": 0, "batches": 0, "shared_tokens": 0}
-        self._thread = threading.Thread(target=self._loop, name="llama.cpp batch", daemon=True)
-        self._thread.start()
 
     # -- slots ---------------------------------------------------------------------------------
     def acquire(self, owner: object, tokens: Sequence[int]) -> Slot:
@@ -231,7 +237,8 @@ class BatchScheduler:
         else:
             keep = _common_prefix(slot.history, tokens)
             keep = min(keep, len(tokens) - 1)  # the last prompt token is read again: its logits are needed
-            chunks = aligned_chunks(keep, len(tokens), self.block)
+            # nothing here is reused by another request: as few calls as the batch size allows
+            chunks = [(a, min(a + self.n_batch, len(tokens))) for a in range(keep, len(tokens), self.n_batch)]
         job = _Job(slot, tokens, deque(chunks), params, budget, cancel)
         job.aligned_end = len(tokens) if first else 0
         job.sampler = self._sampler(params)
@@ -239,22 +246,59 @@ class BatchScheduler:
         job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         return job
 
-    @staticmethod
-    def _events(job: _Job) -> Iterator[TokenEvent]:
-        """The job's events as they come; closing it ends the job and waits until the thread has
-        dropped it (the slot must be still before the session's next call reads its cache)."""
+    def _events(self, job: _Job) -> Iterator[TokenEvent]:
+        """The job's events as they come; closing it ends the job (the slot is still before the
+        session's next call reads its cache)."""
         try:
             while True:
-                item = job.out.get()
+                item = self._next(job)
                 if isinstance(item, BaseException):
                     raise item
                 yield item
                 if item.finish_reason is not None:
                     return
         finally:
-            job.closed = True  # the thread ends the job at its next batch
-            while not job.finished:
-                job.out.get()
+            if not job.finished:
+                with self._turn():
+                    if not job.finished:
+                        self._end(job, "cancelled")
+
+    def _next(self, job: _Job) -> TokenEvent | BaseException:
+        """The job's next event. While none is there, the caller runs the next batch itself for
+        every stream, unless another caller is running one: then it waits for that one to end.
+        Alone, a stream's own thread decodes, samples and hands its token to the driver with no
+        thread in between (as a hand-written loop would); several streams share each batch."""
+        while True:
+            try:
+                return job.out.get_nowait()
+            except queue.Empty:
+                pass
+            with self._turns:
+                while self._stepping and job.out.empty():
+                    self._turns.wait()
+                if not job.out.empty():
+                    continue
+                self._stepping = True
+            try:
+                self._run_step()
+            finally:
+                with self._turns:
+                    self._stepping = False
+                    self._turns.notify_all()
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Hold the context alone (no batch runs meanwhile)."""
+        with self._turns:
+            while self._stepping:
+                self._turns.wait()
+            self._stepping = True
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._stepping = False
+                self._turns.notify_all()
 
     def _sampler(self, params: SamplingParams) -> Any:
         """llama.cpp's sampler chain for a sampled stream (its own seed); None for greedy (argmax)."""
@@ -271,24 +315,19 @@ class BatchScheduler:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
         return chain
 
-    # -- the thread ----------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._jobs and not self._closing:
-                    self._cond.wait()
-                if self._closing:
-                    jobs, self._jobs = self._jobs, []
-                    for job in jobs:
-                        self._finish(job, EngineError("this engine was closed while a stream was running"))
-                    return
-                jobs = list(self._jobs)
-            try:
-                self._step(jobs)
-            except Exception as exc:  # noqa: BLE001 (every failure reaches the streams it hit)
-                error = exc if isinstance(exc, EngineError) else EngineError(f"llama.cpp failed: {exc}")
-                for job in jobs:
-                    self._forget(job.slot)
+    # -- one batch -----------------------------------------------------------------------------
+    def _run_step(self) -> None:
+        with self._cond:
+            jobs = list(self._jobs)
+        if not jobs:
+            return
+        try:
+            self._step(jobs)
+        except Exception as exc:  # noqa: BLE001 (every failure reaches the streams it hit)
+            error = exc if isinstance(exc, EngineError) else EngineError(f"llama.cpp failed: {exc}")
+            for job in jobs:
+                self._forget(job.slot)
+                if not job.finished:
                     self._finish(job, error)
 
     def _step(self, jobs: list[_Job]) -> None:
@@ -317,8 +356,8 @@ class BatchScheduler:
                 self._sample(job, row)
         budget = PREFILL_PER_STEP if decoding else self.n_batch
         if reading:
-            self._turn = (self._turn + 1) % len(reading)
-            reading = reading[self._turn:] + reading[: self._turn]
+            self._rotation = (self._rotation + 1) % len(reading)
+            reading = reading[self._rotation:] + reading[: self._rotation]
         for job in reading:  # a call per prompt chunk: a chunk is read alike whatever else runs
             while job.chunks and budget > 0 and not job.closed:
                 a, b = job.chunks.popleft()
@@ -417,7 +456,11 @@ class BatchScheduler:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join()
+        with self._turn():
+            with self._cond:
+                jobs, self._jobs = self._jobs, []
+            for job in jobs:
+                self._finish(job, EngineError("this engine was closed while a stream was running"))
         self._l.llama_batch_free(self._batch)
         self._l.llama_free(self._ctx)
 
