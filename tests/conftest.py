@@ -42,15 +42,17 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_srl_home(tmp_path_factory):
-    """Never write to the user's ~/.srl from tests. The one exception is the HF folder of the model:
-    $SRL_HOME/cache/hf is <repo>/.cache/hf, so every conversion of SmolLM2 in a session (the
-    `smollm2_hf_dir` fixture's, and the SDK's own when a test names the alias) is the same one,
-    made once per machine."""
+    """Never write to the user's ~/.srl from tests. The exceptions are the HF folder of the model and
+    the default build of the embedded base: $SRL_HOME/cache/hf is <repo>/.cache/hf and
+    $SRL_HOME/cache/builds is <repo>/.cache/builds, so every conversion of SmolLM2 in a session (the
+    `smollm2_hf_dir` fixture's, and the SDK's own when a test names the alias) and the Q4_0 build the
+    named models run on (srl_sdk/engines/builds.py) are made once per machine."""
     home = tmp_path_factory.mktemp("srl_home")
-    hf_cache = REPO_ROOT / ".cache" / "hf"
-    hf_cache.mkdir(parents=True, exist_ok=True)
     (home / "cache").mkdir()
-    (home / "cache" / "hf").symlink_to(hf_cache, target_is_directory=True)
+    for name in ("hf", "builds"):
+        shared = REPO_ROOT / ".cache" / name
+        shared.mkdir(parents=True, exist_ok=True)
+        (home / "cache" / name).symlink_to(shared, target_is_directory=True)
     os.environ["SRL_HOME"] = str(home)
     yield
 
@@ -74,7 +76,7 @@ def gsm8k_rows(gsm8k_path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def llama_engine():
-    """The embedded default (SmolLM2 Q4_1 GGUF) in llama.cpp, loaded once per test session."""
+    """The embedded base in llama.cpp (its default build, srl_sdk/engines/builds.py), loaded once per test session."""
     from srl_sdk.engines.llama_cpp import LlamaCppEngine
 
     engine = LlamaCppEngine("smollm2", n_ctx=2048, n_threads=2)

@@ -50,7 +50,7 @@ MIN_DELTA_CORRELATION = 0.99
 SLOPE_RANGE = (0.95, 1.05)
 MAX_LOGIT_DIFF = 0.5
 MIN_TOP1_F16 = 0.98
-MIN_TOP1_Q4_1 = 0.90
+MIN_TOP1_QUANTIZED = 0.90  # the base the engine runs + the adapter (the Q4_0 build measured 0.64 here: builds.py)
 MAX_TOP1_BASE_VS_ADAPTED = 0.95  # the adapter must change the model for the checks to mean anything
 
 
@@ -216,17 +216,21 @@ def test_a_chain_of_stage_adapters_becomes_one_exact_lora(lab, f16_base, f16_lla
     assert not faithful(compare(chain, f16_llama_base, llama_logits(f16_base, partial.path, lab["ids"])))
 
 
-def test_adapter_on_the_shipped_q4_1_base(lab):
-    """What `smollm2-srl` runs: the Q4_1 GGUF + the adapter, against the merged fp32 model."""
+def test_adapter_on_the_quantized_base(lab):
+    """What `smollm2-srl` runs: the base file its engine loads (`resolve_model`: the shipped Q4_1
+    unless $SRL_DEFAULT_BUILD asks for a checked requantization, srl_sdk/engines/builds.py) + the
+    adapter, against the merged fp32 model."""
     from srl_sdk.edge.lora_gguf import export_lora_gguf
+    from srl_sdk.engines.models import resolve_model
 
     result = export_lora_gguf(lab["adapter"], lab["root"] / "adapter-q4.gguf", base="smollm2")
-    adapted = llama_logits(smollm2_gguf_path(), result.path, lab["ids"])
+    gguf = resolve_model("smollm2-srl").gguf
+    adapted = llama_logits(gguf, result.path, lab["ids"])
     top = np.concatenate([x.argmax(-1) for x in adapted])
     merged = np.concatenate([x.argmax(-1) for x in lab["hf_merged"]])
-    unadapted = np.concatenate([x.argmax(-1) for x in llama_logits(smollm2_gguf_path(), None, lab["ids"])])
-    print("Q4_1", f"adapted {(top == merged).mean():.3f}", f"unadapted {(unadapted == merged).mean():.3f}")
-    assert (top == merged).mean() >= MIN_TOP1_Q4_1, (top == merged).mean()
+    unadapted = np.concatenate([x.argmax(-1) for x in llama_logits(gguf, None, lab["ids"])])
+    print(gguf.name, f"adapted {(top == merged).mean():.3f}", f"unadapted {(unadapted == merged).mean():.3f}")
+    assert (top == merged).mean() >= MIN_TOP1_QUANTIZED, (top == merged).mean()
     assert (top == merged).mean() > (unadapted == merged).mean()
 
 
@@ -277,11 +281,13 @@ def test_named_model_smollm2_srl():
 
     from srl_sdk.engines import SamplingParams, guess_engine, load_engine, resolve_gguf, resolve_model
     from srl_sdk.engines.llama_cpp import LlamaCppEngine
+    from srl_sdk.engines.models import default_base_build
     from srl_sdk.serving.config import ServerConfig
 
     plain, trained = resolve_model("smollm2"), resolve_model("smollm2-srl")
-    assert plain.adapter is None and plain.gguf == smollm2_gguf_path()
-    assert trained.gguf == smollm2_gguf_path() and trained.name == "smollm2-srl"
+    # both run on the base's default build (srl_sdk/engines/builds.py); the converters keep the shipped file
+    assert plain.adapter is None and plain.gguf == trained.gguf == default_base_build().path
+    assert resolve_gguf("smollm2") == smollm2_gguf_path() and trained.name == "smollm2-srl"
     assert trained.adapter is not None and trained.adapter.parent.name == "models"
     fields = gguf.GGUFReader(str(trained.adapter)).fields
     assert fields["general.type"].contents() == "adapter" and fields["adapter.type"].contents() == "lora"
@@ -295,6 +301,7 @@ def test_named_model_smollm2_srl():
     engine = LlamaCppEngine("smollm2-srl", n_ctx=512, n_threads=2)
     try:
         assert engine.model_id == "smollm2-srl" and engine.info()["adapter"] == str(trained.adapter)
+        assert engine.path == trained.gguf  # the file the engine loaded is the one resolve_model named
         assert engine.prompt_style == "compact"  # what it was trained with, sent by the driver
         assert list(engine.stream(engine.render([{"role": "user", "content": "1 + 1?"}]), SamplingParams(max_tokens=4)))
     finally:

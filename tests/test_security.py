@@ -187,13 +187,13 @@ def test_every_route_but_health_needs_the_key(keyed_server, method, path, body):
 def test_open_pages_reveal_no_key_and_no_server_path(keyed_server):
     """/health, /openapi.json and /docs answer without a key (FastAPI serves the last two itself);
     they may describe the API, but must not reveal the key, the store or the model file."""
-    from srl_sdk.engines.models import smollm2_gguf_path
+    from srl_sdk.engines.models import resolve_model, smollm2_gguf_path
 
     server, folder = keyed_server
     for path in ("/health", "/openapi.json", "/docs"):
         response = httpx.get(server.url + path, timeout=30)
         assert response.status_code == 200, path
-        for secret in (KEY, str(folder), str(smollm2_gguf_path())):
+        for secret in (KEY, str(folder), str(smollm2_gguf_path()), str(resolve_model("smollm2").gguf)):
             assert secret not in response.text, f"{path} reveals {secret}"
 
 

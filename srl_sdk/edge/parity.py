@@ -228,12 +228,16 @@ def report_base(build: Path, config: ParityConfig) -> Path:
 
 
 def reference_for(model: str | os.PathLike[str]) -> str:
-    """What the build is compared with: a GGUF / the alias as is (llama.cpp), anything else as the
+    """What the build is compared with: a GGUF as is and the alias as the shipped file (llama.cpp), anything else as the
     HF folder it was exported from (an adapter is compared as base + adapter, merged)."""
-    from srl_sdk.engines.models import is_alias
+    from srl_sdk.engines.models import is_alias, resolve_gguf
 
     text = str(model)
-    if is_alias(text) or text.endswith(".gguf"):
+    if is_alias(text):
+        # the shipped file: loaded by its alias, llama.cpp would run the Q4_0 default build instead
+        # (srl_sdk/engines/builds.py), and a build is compared with what it was exported from
+        return str(resolve_gguf(text))
+    if text.endswith(".gguf"):
         return text
     from srl_sdk.edge.merge import resolve_export_source
 

@@ -89,6 +89,7 @@ class LlamaCppEngine(TokenLoopEngine):
         resolved = resolve_model(model)
         path: Path = resolved.gguf
         self.path = path
+        self.build = resolved.build  # named models: "shipped" or the checked quant (srl_sdk/engines/builds.py)
         self.adapter: Path | None = Path(adapter).expanduser() if adapter is not None else resolved.adapter
         if self.adapter is not None and not self.adapter.is_file():
             raise ModelError(f"LoRA adapter {self.adapter} does not exist; export one with `srl export lora-gguf`")
@@ -197,7 +198,8 @@ class LlamaCppEngine(TokenLoopEngine):
         }
 
     def info(self) -> dict[str, object]:
-        return {**super().info(), "path": str(self.path), "adapter": str(self.adapter) if self.adapter else None,
+        return {**super().info(), "path": str(self.path), "build": self.build,
+                "adapter": str(self.adapter) if self.adapter else None,
                 "n_threads": self.n_threads, "n_parallel": self.n_parallel, "flash_attn": self.flash_attn,
                 "prefix_block": self.prefix_block}
 

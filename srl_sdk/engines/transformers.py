@@ -61,7 +61,8 @@ class TransformersEngine(TokenLoopEngine):
             torch.set_num_threads(self.n_threads)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelError("device='cuda' was asked for but no CUDA GPU is visible; use device='cpu'")
-        resolved = resolve_model(model) if is_adapter_model(model) else None
+        # the shipped base, not the Q4_0 build: transformers dequantizes it, so it gains nothing from Q4_0
+        resolved = resolve_model(model, default_build=False) if is_adapter_model(model) else None
         self.adapter: Path | None = Path(adapter).expanduser() if adapter is not None else (
             resolved.adapter if resolved is not None else None)
         source, gguf_file = self._locate(resolved.gguf if resolved is not None else model)
