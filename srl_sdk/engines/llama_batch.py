@@ -15,9 +15,10 @@ What keeps the text of a stream the same as when it runs alone:
 - every sequence has its own KV stream, so attention over one stream never sees another's cells
   (with one unified cache the same prompt came out different depending on where its cells lay);
 - flash attention is off by default: on 2 threads its one-query path (a stream decoding alone)
-  rounds differently from its several-query path once a stream passes 256 tokens, by up to 1.4
+  rounds differently from its several-query path once a stream passes 256 tokens, by up to 0.75
   in a logit, so a stream's text changed with its neighbours; without it, alone and batched gave
-  the same logits bit for bit (measured here, 1 and 2 threads, streams of 100-800 tokens);
+  the same logits bit for bit (docs/benchmarks.md, "Batch invariance": 1 and 2 threads, streams
+  of 100-800 tokens);
 - a prompt is always read in chunks cut where the request alone decides (a first prompt at fixed
   positions, `aligned_chunks`; what a later call adds, in one piece), one `llama_decode` per chunk
   with nothing else in it: with separate KV streams llama.cpp cuts a mixed batch into

@@ -75,9 +75,9 @@ class LlamaCppEngine(TokenLoopEngine):
     ) -> None:
         """`n_ctx`: tokens per sequence. `n_parallel`: sequences decoded together (concurrent
         requests beyond it wait). `prefix_block`: tokens per aligned block of prompt reuse across
-        requests (0: none). `flash_attn`: llama.cpp's flash attention, about 1.25x faster decoding
-        here, but on several threads a stream's text then depends on what runs beside it
-        (srl_sdk/engines/llama_batch.py); off by default. `adapter`: a llama.cpp LoRA GGUF (`srl
+        requests (0: none). `flash_attn`: llama.cpp's flash attention, faster decoding, but on several
+        threads a stream's text then depends on what runs beside it (docs/benchmarks.md, "Batch
+        invariance"); off by default. `adapter`: a llama.cpp LoRA GGUF (`srl
         export lora-gguf`) applied on load; a named model with an adapter ('smollm2-srl') brings
         its own.
         """
