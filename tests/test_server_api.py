@@ -53,8 +53,9 @@ def test_health_models_metrics(server):
     metrics = httpx.get(server.url + "/metrics")
     assert metrics.status_code == 200
     assert "srl_requests_total" in metrics.text
-    # llama.cpp serves one sequence at a time: it publishes no scheduler gauges
-    assert "srl_engine_" not in metrics.text
+    # the llama.cpp engine's batch: its sequences, who waits for one, and the prompt work so far
+    for gauge in ("sequences_busy", "sequences_total", "sessions_waiting", "prompt_tokens_evaluated", "tokens_decoded"):
+        assert f'srl_engine_{gauge}{{worker="0"}}' in metrics.text
 
 
 def test_engine_gauges_render_per_worker_and_survive_a_gone_manager():
@@ -216,8 +217,11 @@ def test_four_concurrent_streams_all_complete_correctly(server):
 
 def test_client_disconnect_cancels_the_run(server):
     before = server.metric("srl_streams_cancelled_total")
+    # sampled, so that the run cannot end on its own (a repeated step, greedy) before the server
+    # hears that the client left: the driver runs at the engine's pace, not the client's
     trace_id = server.leave_after_first_token(
-        {"problem": PROBLEMS[2], "limits": {"max_steps": 12, "max_thought_tokens": 128, "max_action_tokens": 128}})
+        {"problem": PROBLEMS[2], "limits": {"max_steps": 12, "max_thought_tokens": 128, "max_action_tokens": 128},
+         "sampling": {"temperature": 1.0, "seed": 3}})
     trace = server.wait_finished(trace_id)
     assert trace.finish_reason == "cancelled", trace
     assert len(trace.steps) < 12

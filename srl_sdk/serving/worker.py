@@ -8,11 +8,12 @@ Why the worker, not the API process, writes the trace store: when a client disco
 process stops listening, but the run still has to end and be recorded (as `cancelled`). The
 store holds the partial trace after every step, so `Last-Event-ID` resume can replay it.
 
-Concurrency: `enable_async=True` lets one worker interleave several streams. Driver calls run on
-a private thread pool; an engine that serves one sequence at a time (llama.cpp) makes them take
-turns phase by phase. A worker takes a job from the shared queue only while it has one of its
-`streams_per_worker` slots free (lifecycle.GatedQueue), fewer than the pool's threads, so a
-stream holding the engine always has a thread to continue on, and no job waits inside a worker.
+Concurrency: `enable_async=True` lets one worker interleave several streams. Each run's driver
+runs in a thread of its own (engines.base.iterate_in_thread), at the engine's pace: it does not
+wait for the event loop between tokens, and token events cross to the loop only when the client
+asked for them. The llama.cpp engine decodes the runs' streams together in one batch (up to its
+`n_parallel` sequences; the others wait for one, in order). A worker takes a job from the shared
+queue only while it has one of its `streams_per_worker` slots free (lifecycle.GatedQueue).
 Store writes (SQLite, with a 30 s busy timeout) run on threads, never on the worker's event loop.
 
 Time: a run's `timeout_s` counts from when the API process received the request (`received`,
