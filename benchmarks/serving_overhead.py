@@ -361,9 +361,9 @@ What the columns show:
 - x raw at 1 stream: `srl serve` (HTTP, SSE, the driver with per-token log-probabilities and checks,
   a SQLite trace written per step) against the same loop written by hand on llama-cpp-python. The
   engine keeps each request's KV cache across its steps and phases (only the text a phase adds is
-  read), runs the decode loop in its own thread (sampling in llama.cpp, no Python sampler), and the
-  server's driver runs in a thread of its own that hands the event loop only what the client asked
-  for (no thread round trip per token).
+  read), a lone stream decodes in its own thread with nothing in between, and the server's driver
+  runs in a thread of its own that hands the event loop only what the client asked for (no thread
+  round trip per token). `benchmarks/serve_vs_driver.py` separates the server's own cost.
 - Several streams: raw llama-cpp-python and llama_cpp.server keep one sequence, so streams take
   turns and evict each other's cache. The llama.cpp engine holds 4 sequences (`n_parallel`) with a
   KV stream each and decodes all running streams in one `llama_decode`, so one pass over the
