@@ -17,6 +17,12 @@ counters), wall time, and whether both passes wrote identical traces (text and l
 Variants run round-robin in each repetition; medians over repetitions.
 
     .venv/bin/python benchmarks/prefix_reuse.py --problems 4 --runs 3 --threads 2
+
+It measures the engine as it was up to commit f595381 (one sequence, one engine call per phase);
+since issue 15 the engine keeps a request's cache in a session and has no `_evaluate_prompt` to
+override, so the `native` variant cannot be built on it. Reproduce the "Prefix reuse" figures at
+that commit (`git worktree add ../prefix-bench f595381`); "Prompt work per step"
+(benchmarks/driver_overhead.py) measures the engine of today.
 """
 
 from __future__ import annotations
@@ -81,6 +87,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--no-docs", action="store_true", help="print only; do not write docs/benchmarks.md")
     args = parser.parse_args()
+    if not hasattr(LlamaCppEngine, "_evaluate_prompt"):
+        raise SystemExit("this benchmark measures the llama.cpp engine as of commit f595381 (see its docstring); "
+                         "run it there: git worktree add ../prefix-bench f595381")
     session = Session()
     items = problems(args.problems)
     config = ReasonConfig(max_steps=args.steps, max_thought_tokens=48, max_action_tokens=48, checks=False)
