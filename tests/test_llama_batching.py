@@ -123,3 +123,28 @@ def test_sessions_beyond_the_sequences_wait_their_turn_in_order():
             thread.join(60)
         assert order == ["second", "third"]
         assert engine.gauges()["sessions_waiting"] == 0 and engine.gauges()["sequences_busy"] == 0
+
+
+def test_a_session_waiting_for_a_sequence_can_be_cancelled():
+    from srl_sdk.engines.llama_cpp import LlamaCppEngine
+
+    with LlamaCppEngine("smollm2", n_ctx=512, n_threads=1, n_parallel=1) as engine:
+        prompt = engine.render([{"role": "user", "content": "Name three colours."}])
+        with engine.session() as holder:
+            list(holder.stream(prompt, SamplingParams(max_tokens=2)))  # holds the only sequence
+            cancel = threading.Event()
+            ended: list = []
+
+            def waiter() -> None:
+                with engine.session() as session:
+                    ended.extend(session.stream(prompt, SamplingParams(max_tokens=4), cancel))
+
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive() and not ended  # waiting for the sequence
+            cancel.set()
+            thread.join(10)
+            assert not thread.is_alive()
+            assert [e.finish_reason for e in ended] == ["cancelled"]
+        assert engine.gauges()["sessions_waiting"] == 0

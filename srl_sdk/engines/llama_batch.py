@@ -58,6 +58,8 @@ from srl_sdk.errors import EngineError
 
 __all__ = ["BatchScheduler", "Slot", "aligned_chunks", "token_logprob"]
 
+CANCEL_CHECK_S = 0.1  # how often a session waiting for a slot looks at its cancel event
+
 PREFILL_PER_STEP = 128
 """Prompt tokens read between two tokens of the streams that are decoding (`n_batch` when none
 is): a long prompt then delays the others' next token by one 128-token pass, not a whole read."""
@@ -182,9 +184,9 @@ class BatchScheduler:
         self.counts = {"prompt_tokens": 0, "sampled_tokens": 0, "batches": 0, "shared_tokens": 0}
 
     # -- slots ---------------------------------------------------------------------------------
-    def acquire(self, owner: object, tokens: Sequence[int]) -> Slot:
+    def acquire(self, owner: object, tokens: Sequence[int], cancel: threading.Event | None = None) -> Slot | None:
         """A free slot for `owner` (a session), the one whose cache serves `tokens` best; waits,
-        in arrival order, while every slot is taken."""
+        in arrival order, while every slot is taken. None if `cancel` is set while it waits."""
         with self._cond:
             self._waiting.append(owner)
             try:
@@ -194,7 +196,9 @@ class BatchScheduler:
                     free = [s for s in self.slots if s.owner is None]
                     if free and self._waiting[0] is owner:
                         break
-                    self._cond.wait()
+                    if cancel is not None and cancel.is_set():
+                        return None
+                    self._cond.wait(CANCEL_CHECK_S if cancel is not None else None)
             finally:
                 self._waiting.remove(owner)
                 self._cond.notify_all()

@@ -233,7 +233,9 @@ class LlamaSession(EngineSession):
         scheduler = self.engine._scheduler
         first = self._slot is None
         if self._slot is None:
-            self._slot = scheduler.acquire(self, tokens)
+            self._slot = scheduler.acquire(self, tokens, cancel)
+            if self._slot is None:  # cancelled while every sequence was taken
+                return iter([TokenEvent(text="", finish_reason="cancelled")])
         return scheduler.stream(self._slot, tokens, params, budget, first=first, cancel=cancel)
 
     def close(self) -> None:
