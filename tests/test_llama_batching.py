@@ -148,3 +148,14 @@ def test_a_session_waiting_for_a_sequence_can_be_cancelled():
             assert not thread.is_alive()
             assert [e.finish_reason for e in ended] == ["cancelled"]
         assert engine.gauges()["sessions_waiting"] == 0
+
+
+def test_a_prompt_longer_than_one_batch_is_read_in_pieces():
+    """prefix_block=0 reads a prompt as one range; llama_decode takes at most n_batch tokens."""
+    from srl_sdk.engines.llama_cpp import LlamaCppEngine
+
+    with LlamaCppEngine("smollm2", n_ctx=1024, n_threads=1, n_parallel=1, n_batch=128, prefix_block=0) as engine:
+        prompt = engine.render([{"role": "user", "content": "Repeat after me. " + "one two three four " * 60}])
+        assert engine.count_tokens(prompt) > 128
+        events = list(engine.stream(prompt, SamplingParams(max_tokens=3)))
+        assert events[-1].finish_reason == "length" and len(events) == 4

@@ -20,7 +20,7 @@ What keeps the text of a stream the same as when it runs alone:
   the same logits bit for bit (docs/benchmarks.md, "Batch invariance": 1 and 2 threads, streams
   of 100-800 tokens);
 - a prompt is always read in chunks cut where the request alone decides (a first prompt at fixed
-  positions, `aligned_chunks`; what a later call adds, in one piece), one `llama_decode` per chunk
+  positions, `AlignedPrefix.chunks`; what a later call adds, in one piece), one `llama_decode` per chunk
   with nothing else in it: with separate KV streams llama.cpp cuts a mixed batch into
   equal-length pieces per sequence (`split_equal`), which would cut a chunk differently depending
   on what ran beside it;
@@ -56,7 +56,7 @@ from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent
 from srl_sdk.engines.prefix import AlignedPrefix
 from srl_sdk.errors import EngineError
 
-__all__ = ["BatchScheduler", "Slot", "aligned_chunks", "token_logprob"]
+__all__ = ["BatchScheduler", "Slot", "within_batch", "token_logprob"]
 
 CANCEL_CHECK_S = 0.1  # how often a session waiting for a slot looks at its cancel event
 
@@ -76,24 +76,11 @@ def token_logprob(logits: Any, token: int, scratch: Any) -> float:
     return float(logits[token] - peak) - math.log(float(scratch.sum()))
 
 
-def aligned_chunks(start: int, end: int, block: int) -> list[tuple[int, int]]:
-    """`[a, b)` ranges that read positions start..end-1, cut at multiples of `block`.
-
-    The cuts depend on the positions only, never on what else is being read. A lone last token
-    joins the chunk before it (a one-token batch takes another kernel path in llama.cpp). From a
-    block boundary this is exactly `AlignedPrefix.chunks`.
-    """
-    if block <= 0 or end - start <= 1:
-        return [(start, end)] if end > start else []
-    cuts = [start]
-    position = (start // block + 1) * block
-    while position < end:
-        cuts.append(position)
-        position += block
-    if end - cuts[-1] == 1 and len(cuts) > 1:
-        cuts.pop()
-    cuts.append(end)
-    return list(zip(cuts, cuts[1:]))
+def within_batch(chunks: Sequence[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """The same ranges, each longer than `limit` (the context's n_batch) cut into `limit`-token
+    pieces: one `llama_decode` takes at most n_batch tokens (prefix_block 0 reads a whole prompt
+    as one range)."""
+    return [(a, min(a + limit, b)) for start, b in chunks for a in range(start, b, limit)]
 
 
 @dataclass
@@ -238,12 +225,12 @@ class BatchScheduler:
              cancel: threading.Event | None) -> _Job:
         if first:
             keep = slot.prefix.reusable_length(tokens)
-            chunks = slot.prefix.chunks(keep, len(tokens))
+            chunks = within_batch(slot.prefix.chunks(keep, len(tokens)), self.n_batch)
         else:
             keep = _common_prefix(slot.history, tokens)
             keep = min(keep, len(tokens) - 1)  # the last prompt token is read again: its logits are needed
             # nothing here is reused by another request: as few calls as the batch size allows
-            chunks = [(a, min(a + self.n_batch, len(tokens))) for a in range(keep, len(tokens), self.n_batch)]
+            chunks = within_batch([(keep, len(tokens))], self.n_batch)
         job = _Job(slot, tokens, deque(chunks), params, budget, cancel)
         job.aligned_end = len(tokens) if first else 0
         job.sampler = self._sampler(params)
@@ -384,7 +371,7 @@ class BatchScheduler:
                 self._l.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
                 slot.history = []
                 slot.prefix.forget()
-                job.chunks = deque(aligned_chunks(0, len(job.tokens), self.block))
+                job.chunks = deque(within_batch(slot.prefix.chunks(0, len(job.tokens)), self.n_batch))
                 return
             del slot.history[keep:]
         slot.prefix.keep(min(keep, len(slot.history)))
