@@ -7,9 +7,9 @@ one `llama_decode` carries the next token of every stream that is decoding, so o
 weights serves several streams; prompts are read between those passes, a bounded amount at a
 time. There is no scheduler thread: a stream that wants its next token runs the next batch (for
 every stream) itself unless another stream's thread is running one (`BatchScheduler._next`). Alone,
-a stream therefore decodes in its own thread with nothing in between, like a hand-written loop; a
-thread per token in between cost 2-10 % of one-stream speed on 2 cores, its Python work competing
-with llama.cpp's threads for them.
+a stream therefore decodes in its own thread with nothing in between, like a hand-written loop (a
+scheduler thread in between was slower at one stream on 2 cores in this project's prototype runs:
+its Python work competed with llama.cpp's threads for them; no committed benchmark measures it).
 
 What keeps the text of a stream the same as when it runs alone:
 - every sequence has its own KV stream, so attention over one stream never sees another's cells
