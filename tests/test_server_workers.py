@@ -229,7 +229,8 @@ def test_two_processes_writing_one_sqlite_store_at_once_lose_nothing(tmp_path):
 
 
 # -- placement: the device LitServe hands each worker reaches its engine ----------------------------
-def test_cpu_workers_split_the_cores_unless_threads_are_set():
+def test_cpu_workers_split_the_cores_unless_threads_are_set(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert place("llama.cpp", "cpu", {"n_ctx": 512}, workers=1, cpus=8).options == {"n_ctx": 512}  # engine default
     assert place("llama.cpp", "cpu", {}, workers=2, cpus=2).options == {"n_threads": 1}
     assert place("llama.cpp", "cpu", {}, workers=2, cpus=6).options == {"n_threads": 3}
@@ -239,6 +240,16 @@ def test_cpu_workers_split_the_cores_unless_threads_are_set():
     assert place("llama.cpp", "cpu", {"n_threads": 2}, workers=2, cpus=2).options == {"n_threads": 2}  # as written
     placed = place("llama.cpp", "cpu", {}, workers=2, cpus=2)
     assert placed.env == {} and placed.device == "cpu"
+
+
+def test_openmp_threads_sleep_at_once_only_where_the_workers_outnumber_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert place("llama.cpp", "cpu", {"n_threads": 2}, workers=1, cpus=2).env == {}  # a spin is what makes it fast
+    assert place("llama.cpp", "cpu", {}, workers=1, cpus=2).env == {}  # engine default: the cores, at most 4
+    assert place("llama.cpp", "cpu", {}, workers=4, cpus=2).env == {"OMP_WAIT_POLICY": "PASSIVE"}  # 1 thread each, 4 > 2
+    assert place("llama.cpp", "cpu", {"n_threads": 2}, workers=2, cpus=2).env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the server's own environment wins
+    assert place("llama.cpp", "cpu", {"n_threads": 2}, workers=2, cpus=2).env == {}
 
 
 def test_a_cuda_worker_sees_only_its_gpu():

@@ -9,6 +9,12 @@ engine's arguments, so that two workers never fight over the same cores or the s
 - CPU: the workers share the machine's cores. With more than one worker, an engine whose thread
   count is not set in `engine_options` gets the cores divided between the workers (at most 4
   each, the engines' own cap); a thread count set in `engine_options` is per worker, as written.
+  OpenMP's threads (llama.cpp's, onnxruntime's) spin briefly at each of the hundreds of barriers in
+  a token's graph, which is what makes them fast; only when the workers' threads together outnumber
+  the cores does a spinning thread take a core another worker needs, and then the workers get
+  `OMP_WAIT_POLICY=PASSIVE` (sleep at once). Passive on a machine that is not oversubscribed costs
+  about a fifth of the decode rate (docs/benchmarks.md "Serving overhead"). An OMP_WAIT_POLICY the
+  server was started with is left as it is.
 - CUDA: the worker sees only its GPU (`CUDA_VISIBLE_DEVICES`, set before the engine imports its
   CUDA library, mapped through any CUDA_VISIBLE_DEVICES the server was started with), and the
   transformers engine is given that GPU as its torch device. vLLM with tensor, pipeline or
@@ -72,10 +78,12 @@ def place(engine: str, device: str, options: dict[str, Any], workers: int, cpus:
     device = str(device or "cpu")
     if device == "cpu" or not device.startswith("cuda"):
         key = THREAD_OPTION.get(engine)
+        cpus = cpus or usable_cpus()
         if workers > 1 and key is not None and options.get(key) is None:
-            share = (cpus or usable_cpus()) // workers
-            options[key] = max(1, min(MAX_THREADS_PER_WORKER, share))
-        return Placement(options, device=device)
+            options[key] = max(1, min(MAX_THREADS_PER_WORKER, cpus // workers))
+        threads = int(options.get(key) or min(MAX_THREADS_PER_WORKER, cpus)) if key else 1
+        oversubscribed = workers * threads > cpus and "OMP_WAIT_POLICY" not in os.environ
+        return Placement(options, env={"OMP_WAIT_POLICY": "PASSIVE"} if oversubscribed else {}, device=device)
     if "device" in options:  # the user placed the engine themselves
         return Placement(options, device=device)
     if engine == "vllm" and _spans_gpus(options):

@@ -51,7 +51,7 @@ class ServerProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+        self.env = {**os.environ, **(env or {})}  # the server picks OpenMP's wait policy (placement.py)
         self.start_timeout_s = start_timeout_s
         self.preexec_fn = preexec_fn
         self.process: subprocess.Popen | None = None
