@@ -23,6 +23,7 @@ them alike; medians over repetitions. Text: each problem's steps from `srl serve
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import subprocess
@@ -73,38 +74,49 @@ def problems(n: int) -> list[str]:
 
 
 # -- the hand-written loop a user would write around a completion call ---------------------------
-def peer_run(complete, render, problem: str, s: Settings) -> RunResult:
-    """The driver's stepwise protocol by hand; `complete(prompt, max_tokens, stop) -> (text, n_tokens, finish)`.
+@dataclass
+class Completion:
+    text: str  # what the model wrote, up to (not including) the stop
+    tokens: int  # tokens sampled (an end-of-generation token not counted)
+    matched: str | None  # the stop string that ended it, if one did
 
-    As the driver does, a thought the model closed is kept as written and followed by `</think>\n`;
-    one cut by the token cap is stripped and closed the way SFT targets close it, `\n</think>\n`.
-    (llama-cpp-python does not say which stop string matched, so a thought ended by a blank line
-    counts as closed here; the driver would close it like a cut one.)"""
+
+def peer_run(complete, render, problem: str, s: Settings) -> RunResult:
+    """The driver's stepwise protocol by hand; `complete(prompt, max_tokens, stops, one_line) ->
+    Completion`, where `one_line` ends the phase at the first newline that follows text.
+
+    As the driver does, a thought the model closed with `</think>` is kept as written and followed
+    by `</think>\n`; one that ended any other way is stripped and closed the way SFT targets close
+    it, `\n</think>\n`. A step is final when it states an answer; a repeated step ends the run."""
     t0 = time.perf_counter()
     actions: list[str] = []
+    seen: set[str] = set()
     tokens = 0
     ttfs = None
     for _ in range(s.steps):
         prompt = render(step_messages(problem, actions)) + THINK_OPEN
-        thought, n_thought, finish = complete(prompt, s.thought_tokens, THOUGHT_STOPS)
-        closing = THINK_CLOSE + "\n" if finish == "stop" else "\n" + THINK_CLOSE + "\n"
-        thought = thought if finish == "stop" else thought.rstrip()
-        action, n_action, _ = complete(prompt + thought + closing, s.action_tokens, ["\n"])
-        tokens += n_thought + n_action
-        action = strip_step_label(action.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip())
+        thought = complete(prompt, s.thought_tokens, THOUGHT_STOPS, False)
+        closed = thought.matched == THINK_CLOSE
+        closing = THINK_CLOSE + "\n" if closed else "\n" + THINK_CLOSE + "\n"
+        thought_text = thought.text if closed else thought.text.rstrip()
+        action = complete(prompt + thought_text + closing, s.action_tokens, [], True)
+        tokens += thought.tokens + action.tokens
+        text = strip_step_label(action.text.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip())
         if ttfs is None:
             ttfs = time.perf_counter() - t0
-        if not action:
+        if not text:
             break
-        repeated = action in actions
-        actions.append(action)
-        if extract_answer(action) is not None or repeated:
+        actions.append(text)
+        key = " ".join(text.lower().split())
+        if extract_answer(text) is not None or key in seen:
             break
+        seen.add(key)
     return RunResult(ttfs or float("nan"), tokens, time.perf_counter() - t0, actions)
 
 
 class RawLlama:
-    """llama-cpp-python in this process; one Llama serves one sequence, so a lock per call."""
+    """llama-cpp-python in this process, token by token (`Llama.generate`, which reuses the prefix
+    its one cached sequence shares with the prompt); one Llama serves one sequence, so a lock."""
 
     name = "llama-cpp-python in-process"
 
@@ -112,6 +124,7 @@ class RawLlama:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        self.llama_cpp = llama_cpp
         self.llm = llama_cpp.Llama(model_path=str(s.model_path), n_ctx=s.n_ctx, n_threads=s.threads,
                                    n_threads_batch=s.threads, logits_all=False, flash_attn=s.flash_attn,
                                    verbose=False)
@@ -135,12 +148,30 @@ class RawLlama:
     def render(self, messages: list[dict]) -> str:
         return self.formatter(messages=messages).prompt
 
-    def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int, str]:
+    def complete(self, prompt: str, max_tokens: int, stops: list[str], one_line: bool) -> Completion:
+        """Greedy tokens until an end-of-generation token, a stop string (the earliest in the text),
+        the first newline after text (`one_line`) or `max_tokens`."""
+        llm = self.llm
+        vocab = llm._model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, n = "", 0
         with self.lock:
-            out = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1,
-                                             repeat_penalty=1.0, stop=stop)
-        choice = out["choices"][0]
-        return choice["text"], out["usage"]["completion_tokens"], choice["finish_reason"]
+            prompt_tokens = llm.tokenize(prompt.encode("utf-8"), special=True)
+            for token in llm.generate(prompt_tokens, top_k=1, temp=0.0, repeat_penalty=1.0):
+                if self.llama_cpp.llama_vocab_is_eog(vocab, token):
+                    return Completion(text, n, None)
+                n += 1
+                piece = decoder.decode(llm.detokenize([token]))
+                if one_line and "\n" in piece and (text + piece[: piece.index("\n")]).strip():
+                    return Completion(text + piece[: piece.index("\n")], n, "\n")
+                text += piece
+                hits = [(text.find(stop), stop) for stop in stops if stop in text]
+                if hits:
+                    at, stop = min(hits)
+                    return Completion(text[:at], n, stop)
+                if n >= max_tokens:
+                    return Completion(text, n, None)
+        return Completion(text, n, None)
 
     def run(self, problem: str) -> RunResult:
         return peer_run(self.complete, self.render, problem, self.settings)
@@ -166,7 +197,7 @@ class LlamaCppServer:
                    "--n_threads", str(s.threads), "--n_threads_batch", str(s.threads),
                    "--logits_all", "false", "--flash_attn", str(s.flash_attn).lower(), "--verbose", "false"]
         self.process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                                        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                                        env=dict(os.environ))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -183,14 +214,18 @@ class LlamaCppServer:
             raise SystemExit(f"llama_cpp.server did not answer within 120 s; see {log}")
         self.client = httpx.Client(timeout=300)
 
-    def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, int, str]:
+    def complete(self, prompt: str, max_tokens: int, stops: list[str], one_line: bool) -> Completion:
+        """Its stop strings, plus "\\n" for a one-line action. The server does not say which stop
+        matched, and a newline before any text ends an action too, so where the model writes those
+        its text can part from the driver's (only the raw loop's text is compared)."""
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "top_k": 1,
-                "repeat_penalty": 1.0, "stop": stop}
+                "repeat_penalty": 1.0, "stop": stops + (["\n"] if one_line else [])}
         response = self.client.post(self.url + "/v1/completions", json=body)
         response.raise_for_status()
         out = response.json()
         choice = out["choices"][0]
-        return choice["text"], out["usage"]["completion_tokens"], choice["finish_reason"]
+        closed = THINK_CLOSE if choice["finish_reason"] == "stop" and THINK_CLOSE in stops else None
+        return Completion(choice["text"], out["usage"]["completion_tokens"], closed)
 
     def run(self, problem: str) -> RunResult:
         return peer_run(self.complete, self.render, problem, self.settings)

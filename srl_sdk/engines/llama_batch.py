@@ -414,8 +414,7 @@ class BatchScheduler:
         piece = job.decoder.decode(self._llm.detokenize([token], special=False))
         assert job.matcher is not None
         text, hit = job.matcher.feed(piece)
-        if text or not hit:
-            job.out.put(TokenEvent(text=text, token_id=token, logprob=logprob))
+        job.out.put(TokenEvent(text=text, token_id=token, logprob=logprob))  # counted even when it ends a stop
         if hit:
             self._end(job, "stop")
         elif job.produced >= job.budget or len(job.slot.history) + 1 >= self.n_ctx:

@@ -106,7 +106,9 @@ class LlamaCppEngine(TokenLoopEngine):
                 ) from exc
             raise ModelError(f"llama.cpp could not load {path}: {exc}; the file may be truncated or not a model") from exc
         self._llama_cpp = llama_cpp
-        self._eog = {self._llm.token_eos()}
+        vocab = self._llm._model.vocab  # llama.cpp's own end-of-generation tokens (EOS, EOT, <|endoftext|>...)
+        self._eog = {t for t in range(self._llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        self._eog.add(self._llm.token_eos())
         metadata = self._llm.metadata or {}
         self._template = metadata.get("tokenizer.chat_template")
         vocab_tokens = self._llm.tokenize(b"<|im_end|>", add_bos=False, special=True)

@@ -225,8 +225,7 @@ class OnnxEngine(TokenLoopEngine):
                         break
                     produced += 1
                     text, hit = matcher.feed(stream.decode(token))
-                    if text or not hit:
-                        yield TokenEvent(text=text, token_id=token, logprob=log_softmax_at(logits, token))
+                    yield TokenEvent(text=text, token_id=token, logprob=log_softmax_at(logits, token))  # counted even when it ends a stop
                     if hit:
                         finish = "stop"
                         break

@@ -196,8 +196,7 @@ class TransformersEngine(TokenLoopEngine):
                     if piece:
                         shown = text
                     safe, hit = matcher.feed(piece)
-                    if safe or not hit:
-                        yield TokenEvent(text=safe, token_id=token, logprob=logprob)
+                    yield TokenEvent(text=safe, token_id=token, logprob=logprob)  # counted even when it ends a stop
                     if hit:
                         finish = "stop"
                         break
