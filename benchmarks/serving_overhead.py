@@ -12,9 +12,9 @@ Measured per run: time to first step (request sent -> first complete step), gene
 (each engine's own count of sampled tokens), tokens/s end to end (tokens / wall time, prompt
 processing included), and prompt tokens evaluated per generated token (raw: what
 `Llama.eval` was handed in batches of more than one token; srl serve: its engine's counters on
-/metrics; llama_cpp.server: not visible). 1, 2, 4 and 8 concurrent streams on as many problems
-(aggregate tokens/s). Variants run round-robin inside each repetition so load drifts hit all of
-them alike; medians over repetitions. Text: each problem's steps from `srl serve` alone, from
+/metrics; llama_cpp.server: not visible). The same 8 problems at 1, 2, 4 and 8 streams in flight
+(aggregate tokens/s over equal work). Variants run round-robin inside each repetition so load
+drifts hit all of them alike; medians over repetitions. Text: each problem's steps from `srl serve` alone, from
 `srl serve` with all the other streams running, and from raw llama-cpp-python, compared.
 
     .venv/bin/python benchmarks/serving_overhead.py --threads 2 --runs 3
@@ -292,13 +292,20 @@ class SrlServe:
         self.server.stop()
 
 
-def measure(variant, items: list[str]) -> tuple[float, float, list[RunResult], float | None]:
-    """Run `items` concurrently: (aggregate tokens/s, median time to first step, results, prompt
-    tokens evaluated per generated token or None where not visible)."""
+def measure(variant, items: list[str], streams: int) -> tuple[float, float, list[RunResult], float | None]:
+    """Run all `items` with `streams` of them in flight at a time: (aggregate tokens/s, median time
+    to first step, results, prompt tokens evaluated per generated token or None where not visible).
+
+    Every stream count runs the same problems, so aggregate rates compare equal work. One stream
+    runs in this thread, as a script would: llama-cpp-python called from a pool thread ran 7-13 %
+    slower here than from the main thread (libgomp; the server's own threads are not affected)."""
     before = variant.evaluated()
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=len(items)) as pool:
-        results = list(pool.map(variant.run, items))
+    if streams == 1:
+        results = [variant.run(item) for item in items]
+    else:
+        with ThreadPoolExecutor(max_workers=streams) as pool:
+            results = list(pool.map(variant.run, items))
     wall = time.perf_counter() - t0
     after = variant.evaluated()
     tokens = sum(r.tokens for r in results)
@@ -340,7 +347,7 @@ def main() -> None:
         for rep in range(args.runs):
             for conc in args.concurrency:
                 for variant in variants:
-                    rate, first, results, per_token = measure(variant, qs[:conc])
+                    rate, first, results, per_token = measure(variant, qs, conc)
                     rates.setdefault((variant.name, conc), []).append(rate)
                     ttfs.setdefault((variant.name, conc), []).append(first)
                     if per_token is not None:
@@ -377,7 +384,7 @@ def main() -> None:
         f"Settings: SmolLM2-135M GGUF build `{s.model_path.name}` (the one `srl serve` loads for `smollm2`), "
         f"n_threads={s.threads}, n_ctx={s.n_ctx}, flash attention {'on' if s.flash_attn else 'off'}, greedy, "
         f"{s.steps} steps of at most {s.thought_tokens} thought + {s.action_tokens} action tokens, {args.runs} "
-        f"repetitions (medians), streams on the first {max(args.concurrency)} GSM8K train problems. "
+        f"repetitions (medians); every row runs the same first {len(qs)} GSM8K train problems, that many streams at a time. "
         f"`srl serve` aggregate tokens/s against its own one-stream rate: {scaling}. "
         f"Greedy text: `srl serve` wrote the same steps as raw llama-cpp-python on {same_as_raw} of {len(qs)} problems"
         + (f" (different: problems {differing})" if differing else "")

@@ -159,3 +159,38 @@ def test_a_prompt_longer_than_one_batch_is_read_in_pieces():
         assert engine.count_tokens(prompt) > 128
         events = list(engine.stream(prompt, SamplingParams(max_tokens=3)))
         assert events[-1].finish_reason == "length" and len(events) == 4
+
+
+def test_greedy_tokens_are_llama_cpp_pythons_own(llama_engine, problems):
+    """The engine's own batching, session reuse and argmax give the tokens llama-cpp-python's
+    `Llama.generate` gives on the same file: a thought, then its action after the thought is closed
+    (the second call reuses the first call's cache on both sides)."""
+    import llama_cpp
+
+    raw = llama_cpp.Llama(model_path=llama_engine._llm.model_path, n_ctx=1024, n_threads=2, n_threads_batch=2,
+                          flash_attn=llama_engine.flash_attn, verbose=False)
+
+    def raw_tokens(prompt: str, n: int) -> list[int]:
+        out = []
+        for token in raw.generate(raw.tokenize(prompt.encode(), special=True), top_k=1, temp=0.0, repeat_penalty=1.0):
+            out.append(token)
+            if len(out) == n:
+                return out
+        return out
+
+    differing = []
+    try:
+        for index, problem in enumerate(problems[:2]):
+            prompt = llama_engine.render(step_messages(problem, [])) + THINK_OPEN
+            with llama_engine.session() as session:
+                thought = list(session.stream(prompt, SamplingParams(max_tokens=20)))
+                then = prompt + "".join(e.text for e in thought) + "\n" + THINK_CLOSE + "\n"
+                action = list(session.stream(then, SamplingParams(max_tokens=12)))
+            ours = [[e.token_id for e in thought if e.token_id is not None],
+                    [e.token_id for e in action if e.token_id is not None]]
+            theirs = [raw_tokens(prompt, len(ours[0])), raw_tokens(then, len(ours[1]))]
+            if ours != theirs:
+                differing.append((index, ours, theirs))
+    finally:
+        raw.close()
+    assert not differing, f"{len(differing)} of 2 problems differ from llama-cpp-python: {differing}"
