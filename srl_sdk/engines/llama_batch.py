@@ -11,6 +11,15 @@ a stream therefore decodes in its own thread with nothing in between, like a han
 scheduler thread in between was slower at one stream on 2 cores in this project's prototype runs:
 its Python work competed with llama.cpp's threads for them; no committed benchmark measures it).
 
+Every `llama_decode` still runs on one thread of its own (`_decode` hands the call over and waits):
+llama.cpp's OpenMP build makes each thread that calls it the master of a team of worker threads,
+and once libgomp manages more threads than there are cores it cuts the time its threads spin at a
+barrier to almost nothing (`gomp_throttled_spin_count_var`), so every one of the hundreds of
+barriers in a token's graph goes through a futex sleep. With streams taking turns to run the batch
+from their own threads, a second caller made every later decode ~20 % slower on 2 cores; handed to
+one thread, the calls cost what they cost from the main thread (proto runs of 100 decodes: 182-199
+tokens/s direct, 180-197 handed over, 138-152 with a second caller alive).
+
 What keeps the text of a stream the same as when it runs alone:
 - every sequence has its own KV stream, so attention over one stream never sees another's cells
   (with one unified cache the same prompt came out different depending on where its cells lay);
@@ -47,6 +56,7 @@ import math
 import queue
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -152,6 +162,7 @@ class BatchScheduler:
         self.n_batch = n_batch
         self.n_vocab = llm.n_vocab()
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="llama-decode")  # the one caller of llama_decode
         import numpy as np
 
         self._scratch = np.empty(self.n_vocab, dtype=np.float32)
@@ -385,7 +396,7 @@ class BatchScheduler:
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = seq
             batch.logits[i] = logits
-        status = self._l.llama_decode(self._ctx, batch)
+        status = self._decoder.submit(self._l.llama_decode, self._ctx, batch).result()
         if status != 0:
             raise EngineError(f"llama_decode returned {status} for a batch of {len(rows)} tokens "
                               "(1: no room left in the KV cache)")
@@ -452,6 +463,7 @@ class BatchScheduler:
                 jobs, self._jobs = self._jobs, []
             for job in jobs:
                 self._finish(job, EngineError("this engine was closed while a stream was running"))
+        self._decoder.shutdown(wait=True)
         self._l.llama_batch_free(self._batch)
         self._l.llama_free(self._ctx)
 
