@@ -1,10 +1,11 @@
 """Same prompt and settings -> same text and the same log-probabilities, whatever the cache held.
 
 One contract for every engine that promises reproducibility (llama.cpp, transformers,
-onnxruntime). llama.cpp and onnxruntime-genai keep a prompt cache between calls; their kernels
-round differently depending on how many tokens are evaluated together, so reusing "whatever
-matched" used to change the logits of the same prompt (issue: seeded sampling failed on a fresh
-machine). The log-probabilities are compared bit for bit: a cache path that evaluated the prompt
+onnxruntime). llama.cpp and onnxruntime-genai keep a prompt cache between calls; their kernels may
+round differently depending on how many tokens are evaluated together (always for a lone token,
+for some quantization types in any chunk), so reusing "whatever matched" used to change the logits
+of the same prompt (issue: seeded sampling failed on a fresh machine). The llama.cpp engine checks
+at load which rule its model needs (srl_sdk/engines/prefix.py); both rules are tested here. The log-probabilities are compared bit for bit: a cache path that evaluated the prompt
 differently would change them on any processor, even where the sampled text happens to survive.
 vLLM is not here: it batches concurrent requests together and promises no such thing.
 """
@@ -15,7 +16,8 @@ import pytest
 
 from srl_sdk.core.format import THINK_OPEN, step_messages
 from srl_sdk.engines import SamplingParams
-from srl_sdk.engines.prefix import AlignedPrefix
+from srl_sdk.engines.llama_batch import within_batch
+from srl_sdk.engines.prefix import AlignedPrefix, AnyPrefix
 
 PROBLEM = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -73,19 +75,80 @@ def test_a_fresh_llama_engine_agrees_with_a_used_one(llama_engine):
             assert run(fresh, prompt, params) == used
 
 
-def test_llama_engine_reuses_whole_blocks_of_the_previous_prompt(llama_engine):
-    """Reproducible, yet a stepwise loop does not evaluate the shared system prompt again."""
-    prompt = llama_engine.render(step_messages(PROBLEM, [STEP_1])) + THINK_OPEN
-    longer = llama_engine.render(step_messages(PROBLEM, [STEP_1, STEP_2])) + THINK_OPEN
-    run(llama_engine, prompt, SETTINGS["greedy"])
-    before = llama_engine.perf()["prompt_tokens"]
-    run(llama_engine, longer, SETTINGS["greedy"])
-    evaluated = llama_engine.perf()["prompt_tokens"] - before
-    block = llama_engine.info()["prefix_block"]
-    n_longer = llama_engine.count_tokens(longer)
+@pytest.fixture(scope="module")
+def aligned_engine():
+    """The llama.cpp engine held to the aligned rule (what a model whose chunking matters gets)."""
+    from srl_sdk.engines.llama_cpp import LlamaCppEngine
+
+    with LlamaCppEngine("smollm2", n_ctx=2048, n_threads=2, prefix_reuse="aligned") as engine:
+        yield engine
+
+
+@pytest.mark.parametrize("rule", ["any", "aligned"])
+def test_llama_engine_reuses_the_shared_prefix_of_the_previous_prompt(llama_engine, aligned_engine, rule):
+    """Reproducible, yet a stepwise loop does not evaluate the shared system prompt again; under
+    the aligned rule only whole blocks are kept."""
+    engine = aligned_engine if rule == "aligned" else llama_engine
+    if rule == "any" and engine.info()["prefix_reuse"] != "any":
+        pytest.skip("this processor rounds the shipped model differently by chunk: the engine chose the aligned rule")
+    prompt = engine.render(step_messages(PROBLEM, [STEP_1])) + THINK_OPEN
+    longer = engine.render(step_messages(PROBLEM, [STEP_1, STEP_2])) + THINK_OPEN
+    run(engine, prompt, SETTINGS["greedy"])
+    before = engine.perf()["prompt_tokens"]
+    run(engine, longer, SETTINGS["greedy"])
+    evaluated = engine.perf()["prompt_tokens"] - before
+    n_longer, n_prompt = engine.count_tokens(longer), engine.count_tokens(prompt)
     assert evaluated < n_longer / 2, "the shared prefix was evaluated again"
-    assert evaluated >= n_longer - llama_engine.count_tokens(prompt)  # the new tokens, at least
-    assert (n_longer - evaluated) % block == 0  # only whole aligned blocks were kept
+    assert evaluated >= n_longer - n_prompt  # the new tokens, at least
+    if rule == "aligned":
+        assert (n_longer - evaluated) % engine.info()["prefix_block"] == 0  # only whole aligned blocks were kept
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_the_aligned_rule_is_reproducible_too(aligned_engine, llama_engine, setting):
+    test_same_prompt_same_result_whatever_the_cache_held(aligned_engine, setting)
+    prompt = aligned_engine.render(step_messages(PROBLEM, [STEP_1])) + THINK_OPEN
+    if llama_engine.info()["prefix_reuse"] == "any":  # two ways of reading the prompt, one result
+        assert run(aligned_engine, prompt, SETTINGS[setting]) == run(llama_engine, prompt, SETTINGS[setting])
+
+
+def test_the_engine_holds_a_build_whose_kernels_round_by_chunk_to_the_aligned_rule(tmp_path):
+    """IQ4_NL is repacked by llama.cpp for its matrix-matrix kernels on x86: a token's logits then
+    depend on the chunk it is read in, and the load-time probe must see it."""
+    from srl_sdk.engines.builds import requantize
+    from srl_sdk.engines.llama_cpp import LlamaCppEngine
+    from srl_sdk.engines.models import smollm2_gguf_path
+
+    build = tmp_path / "iq4_nl.gguf"
+    requantize(smollm2_gguf_path(), build, quant="iq4_nl")
+    with LlamaCppEngine(str(build), n_ctx=512, n_threads=2) as engine:
+        invariant = engine._scheduler.chunking_is_invariant()
+        assert engine.info()["prefix_reuse"] == ("any" if invariant else "aligned")
+    with LlamaCppEngine("smollm2", n_ctx=512, n_threads=2) as shipped:
+        assert shipped.info()["prefix_reuse"] == ("any" if shipped._scheduler.chunking_is_invariant() else "aligned")
+    import platform
+
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert not invariant, "IQ4_NL rounded alike in every chunk: the probe cannot tell a repacked build"
+
+
+def test_any_prefix_always_reads_the_last_two_tokens():
+    prefix = AnyPrefix()
+    prefix.evaluated([1, 2, 3, 4, 5, 6])
+    assert prefix.reusable_length([1, 2, 3, 9, 9]) == 3               # whatever matched
+    assert prefix.reusable_length([1, 2, 3, 4, 5, 6]) == 4            # the same prompt: two tokens read again
+    assert prefix.reusable_length([1, 2, 3, 4, 5, 6, 7]) == 5         # never a lone token after the reuse
+    assert prefix.reusable_length([1]) == 0 and prefix.reusable_length([1, 2]) == 0
+    assert prefix.chunks(5, 40) == [(5, 40)]
+    prefix.keep(2)
+    assert prefix.reusable_length([1, 2, 3, 4, 5, 6]) == 2
+
+
+def test_a_read_cut_to_the_batch_size_leaves_no_lone_token():
+    assert within_batch([(0, 10)], 4) == [(0, 4), (4, 8), (8, 10)]
+    assert within_batch([(0, 9)], 4) == [(0, 4), (4, 7), (7, 9)]       # not (8, 9) alone
+    assert within_batch([(3, 4)], 4) == [(3, 4)]                       # a one-token read stays one
+    assert all(b - a > 1 for a, b in within_batch([(0, 1025)], 512))
 
 
 @pytest.mark.parametrize(

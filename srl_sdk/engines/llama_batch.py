@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent
-from srl_sdk.engines.prefix import AlignedPrefix
+from srl_sdk.engines.prefix import AlignedPrefix, AnyPrefix
 from srl_sdk.errors import EngineError
 
 __all__ = ["BatchScheduler", "Slot", "within_batch", "token_logprob"]
@@ -88,9 +88,17 @@ def token_logprob(logits: Any, token: int, scratch: Any) -> float:
 
 def within_batch(chunks: Sequence[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
     """The same ranges, each longer than `limit` (the context's n_batch) cut into `limit`-token
-    pieces: one `llama_decode` takes at most n_batch tokens (prefix_block 0 reads a whole prompt
-    as one range)."""
-    return [(a, min(a + limit, b)) for start, b in chunks for a in range(start, b, limit)]
+    pieces: one `llama_decode` takes at most n_batch tokens (prefix_block 0 and `AnyPrefix` read a
+    whole prompt as one range). A range is never cut so that its last piece holds one token: a
+    one-token batch takes llama.cpp's matrix-vector path, which rounds differently."""
+    out = []
+    for start, end in chunks:
+        pieces = [(a, min(a + limit, end)) for a in range(start, end, limit)]
+        if len(pieces) > 1 and pieces[-1][1] - pieces[-1][0] == 1:
+            (a, b), (_, c) = pieces[-2], pieces[-1]
+            pieces[-2:] = [(a, b - 1), (b - 1, c)]
+        out.extend(pieces)
+    return out
 
 
 @dataclass
@@ -98,7 +106,7 @@ class Slot:
     """One sequence of the context: what its KV stream holds and who uses it."""
 
     seq: int
-    prefix: AlignedPrefix
+    prefix: AlignedPrefix | AnyPrefix
     history: list[int] = field(default_factory=list)  # tokens at positions 0..len-1 of this stream
     owner: object | None = None
     used: int = 0  # when it was last taken (least recently used among equals is reused first)
@@ -130,9 +138,11 @@ class BatchScheduler:
     """Owns a llama.cpp context with `n_parallel` sequences and decodes them together."""
 
     def __init__(self, llm: Any, llama_cpp: Any, *, n_ctx: int, n_parallel: int, n_threads: int, n_batch: int,
-                 flash_attn: bool, block: int, eog: set[int]) -> None:
+                 flash_attn: bool, block: int, eog: set[int], reuse: str = "auto") -> None:
         """`llm`: the loaded `llama_cpp.Llama` (its model, vocabulary and LoRA adapter are used; its
-        own small context is not). `n_ctx`: tokens per sequence."""
+        own small context is not). `n_ctx`: tokens per sequence. `reuse`: "any" (`AnyPrefix`),
+        "aligned" (`AlignedPrefix(block)`) or "auto" (any where `chunking_is_invariant`);
+        `block` 0 turns reuse across requests off whatever `reuse` says."""
         self._l = llama_cpp
         self._llm = llm
         params = llama_cpp.llama_context_default_params()
@@ -167,8 +177,6 @@ class BatchScheduler:
 
         self._scratch = np.empty(self.n_vocab, dtype=np.float32)
         self._eog = eog
-        self.slots = [Slot(seq, AlignedPrefix(block)) for seq in range(n_parallel)]
-        self.block = block
         self._clock = 0
         self._waiting: deque[object] = deque()  # sessions waiting for a slot, in arrival order
         self._jobs: list[_Job] = []
@@ -180,6 +188,38 @@ class BatchScheduler:
         # prompt tokens read, sampled tokens fed back, llama_decode calls, and sampled tokens that
         # shared their call with another stream's (the batching at work)
         self.counts = {"prompt_tokens": 0, "sampled_tokens": 0, "batches": 0, "shared_tokens": 0}
+        self.block = block
+        if block == 0 or reuse == "aligned" or (reuse == "auto" and not self.chunking_is_invariant()):
+            self.reuse = "aligned" if block else "off"
+            self.slots = [Slot(seq, AlignedPrefix(block)) for seq in range(n_parallel)]
+        else:
+            self.reuse = "any"
+            self.slots = [Slot(seq, AnyPrefix()) for seq in range(n_parallel)]
+        self.counts["batches"] = 0  # the probe's calls are not the engine's work
+
+    def chunking_is_invariant(self) -> bool:
+        """Whether this model, build and processor give a token the same logits bit for bit whatever
+        chunk of two or more tokens it is read in: a 48-token probe read whole, and in chunks of
+        2 to 27 tokens (sizes that fall on and off the 4- and 8-token groups of repacked kernels)."""
+        import numpy as np
+
+        lib = self._l
+        vocab = lib.llama_model_get_vocab(self._llm._model.model)
+        probe = [t for t in range(1000, 1000 + 48) if not lib.llama_vocab_is_control(vocab, t)][:48]
+
+        def last_logits(cuts: list[int]) -> Any:
+            lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
+            for a, b in zip(cuts, cuts[1:]):
+                self._decode([(probe[p], p, 0, p == len(probe) - 1) for p in range(a, b)])
+            pointer = lib.llama_get_logits_ith(self._ctx, -1)
+            return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+        try:
+            whole = last_logits([0, len(probe)])
+            return all(np.array_equal(whole, last_logits(cuts))
+                       for cuts in ([0, 3, 10, 21, len(probe)], [0, 2, 7, 15, 21, len(probe)]))
+        finally:
+            lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
 
     # -- slots ---------------------------------------------------------------------------------
     def acquire(self, owner: object, tokens: Sequence[int], cancel: threading.Event | None = None) -> Slot | None:

@@ -71,11 +71,14 @@ class LlamaCppEngine(TokenLoopEngine):
         flash_attn: bool = False,
         seed: int = 0,
         prefix_block: int = DEFAULT_BLOCK,
+        prefix_reuse: str = "auto",
         adapter: str | os.PathLike[str] | None = None,
     ) -> None:
         """`n_ctx`: tokens per sequence. `n_parallel`: sequences decoded together (concurrent
-        requests beyond it wait). `prefix_block`: tokens per aligned block of prompt reuse across
-        requests (0: none). `flash_attn`: llama.cpp's flash attention, faster decoding, but on several
+        requests beyond it wait). `prefix_reuse`: how a first prompt reuses what earlier requests
+        read (srl_sdk/engines/prefix.py): "any" prefix, only whole "aligned" blocks of
+        `prefix_block` tokens, or "auto" (any, where the loaded model rounds alike in any chunk:
+        checked at load); `prefix_block` 0 turns reuse across requests off. `flash_attn`: llama.cpp's flash attention, faster decoding, but on several
         threads a stream's text then depends on what runs beside it (docs/benchmarks.md, "Batch
         invariance"); off by default. `adapter`: a llama.cpp LoRA GGUF (`srl
         export lora-gguf`) applied on load; a named model with an adapter ('smollm2-srl') brings
@@ -86,6 +89,8 @@ class LlamaCppEngine(TokenLoopEngine):
 
         if n_parallel < 1:
             raise ModelError(f"n_parallel must be at least 1, not {n_parallel}")
+        if prefix_reuse not in ("auto", "any", "aligned"):
+            raise ModelError(f"prefix_reuse must be auto, any or aligned, not {prefix_reuse!r}")
         resolved = resolve_model(model)
         path: Path = resolved.gguf
         self.path = path
@@ -119,7 +124,7 @@ class LlamaCppEngine(TokenLoopEngine):
         try:
             self._scheduler = BatchScheduler(self._llm, llama_cpp, n_ctx=n_ctx, n_parallel=n_parallel,
                                              n_threads=self.n_threads, n_batch=n_batch, flash_attn=flash_attn,
-                                             block=prefix_block, eog=self._eog)
+                                             block=prefix_block, eog=self._eog, reuse=prefix_reuse)
         except EngineError:
             self._llm.close()
             raise
@@ -203,7 +208,7 @@ class LlamaCppEngine(TokenLoopEngine):
         return {**super().info(), "path": str(self.path), "build": self.build,
                 "adapter": str(self.adapter) if self.adapter else None,
                 "n_threads": self.n_threads, "n_parallel": self.n_parallel, "flash_attn": self.flash_attn,
-                "prefix_block": self.prefix_block}
+                "prefix_block": self.prefix_block, "prefix_reuse": self._scheduler.reuse}
 
     def close(self) -> None:
         if self.closed:

@@ -1,13 +1,26 @@
 """Prompt prefix reuse that never changes what a model writes.
 
-Why this exists: llama.cpp (and onnxruntime-genai) compute a token's keys, values and logits with
-kernels whose rounding depends on how many tokens are evaluated together. llama-cpp-python's own
-prefix cache keeps whatever prefix matched and evaluates the rest as one batch, so the logits of
-the same prompt came out different in the last bits depending on what the previous request was;
-at temperature 1.0 (or at a greedy near-tie) that changes the text. A seeded request was not
-reproducible, and on some processors the test suite failed on its second identical call.
+Why this exists: llama.cpp (and onnxruntime-genai) may compute a token's keys, values and logits
+with kernels whose rounding depends on how many tokens are evaluated together. llama-cpp-python's
+own prefix cache keeps whatever prefix matched and evaluates the rest, and when the whole prompt
+matched it evaluates the last token again alone; the logits of the same prompt then came out
+different in the last bits depending on what the previous request was, and at temperature 1.0 (or
+at a greedy near-tie) that changes the text. A seeded request was not reproducible, and on some
+processors the test suite failed on its second identical call.
 
-The rule kept here: a prompt is always evaluated in blocks aligned to fixed positions
+What depends on the chunking is the model file, the build and the processor. On this project's
+machine with the shipped Q4_1 file, a token read in any chunk of two or more tokens gets the same
+logits bit for bit, and only a one-token batch (llama.cpp's matrix-vector path) rounds otherwise;
+quantization types that llama.cpp repacks for matrix-matrix kernels (Q4_0, IQ4_NL, Q4_K on x86)
+process tokens in groups and need not behave so. The llama.cpp engine therefore checks the model it
+loaded (`BatchScheduler.chunking_is_invariant`) and picks one of two rules:
+
+- `AnyPrefix` where chunking does not matter: reuse whatever prefix an earlier prompt read, as
+  llama-cpp-python does, and read the rest in as few calls as possible, never leaving a token to be
+  read alone that a fresh evaluation would read with others.
+- `AlignedPrefix` everywhere else, the rule below.
+
+The aligned rule: a prompt is always evaluated in blocks aligned to fixed positions
 (`[0, B)`, `[B, 2B)`, ... and a last partial block), so every token is computed in the same batch,
 after the same earlier tokens, whatever the cache held before. Only *whole aligned blocks of an
 earlier prompt* are reused: they were computed exactly as a fresh evaluation would compute them.
@@ -19,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["DEFAULT_BLOCK", "AlignedPrefix"]
+__all__ = ["DEFAULT_BLOCK", "AlignedPrefix", "AnyPrefix"]
 
 DEFAULT_BLOCK = 16
 """Tokens per aligned block: the cheapest of 16/32/64 in the driver's loop (docs/benchmarks.md,
@@ -94,4 +107,38 @@ class AlignedPrefix:
         """The cache was cut back to its first `length` tokens: whole blocks below that stay reusable."""
         if self.block:
             length -= length % self.block
+        del self._reusable[length:]
+
+
+class AnyPrefix:
+    """Reuse of any prefix an earlier first prompt read in chunks, for a model whose kernels give a
+    token the same result in any chunk of two or more tokens (the engine checks this at load).
+
+    A whole prompt is read from where the reuse ends, in one range (the engine cuts it to its
+    batch size); at least its last two tokens are always read, so no prompt token is ever read
+    alone where a fresh evaluation would read it with others. Tokens the model generated (read
+    one at a time) are never reused across requests."""
+
+    block = 0  # no fixed grid
+
+    def __init__(self) -> None:
+        self._reusable: list[int] = []  # the last first prompt read in this sequence
+
+    def reusable_length(self, tokens: Sequence[int]) -> int:
+        limit = min(len(self._reusable), len(tokens) - 2)
+        shared = 0
+        while shared < limit and self._reusable[shared] == tokens[shared]:
+            shared += 1
+        return shared
+
+    def chunks(self, start: int, end: int) -> list[tuple[int, int]]:
+        return [(start, end)] if end > start else []
+
+    def evaluated(self, tokens: Sequence[int]) -> None:
+        self._reusable = list(tokens)
+
+    def forget(self) -> None:
+        self._reusable = []
+
+    def keep(self, length: int) -> None:
         del self._reusable[length:]
