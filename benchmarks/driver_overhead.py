@@ -33,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from srl_sdk.engines.base import EngineSession
+    from srl_sdk.engines.llama_batch import decode_thread
     from srl_sdk.engines.llama_cpp import LlamaCppEngine
     from srl_sdk.reasoning.driver import Driver, ReasonConfig
 
@@ -51,7 +52,7 @@ def main() -> None:
 
     per_call = PerCall()
     per_call.engine = _Stateless(engine, EngineSession)  # type: ignore[assignment]
-    raw.run(texts[0])  # warm both: the first prompt of a fresh context is not what is measured
+    decode_thread().submit(raw.run, texts[0]).result()  # warm both: the first prompt of a fresh context is not what is measured
     driver.solve(texts[0])
 
     def measure(name: str, run, evaluated) -> None:
@@ -63,8 +64,11 @@ def main() -> None:
         print(f"{name:16s} {generated:4d} tokens {wall:6.2f} s {generated / wall:6.1f} tok/s  "
               f"prompt tokens evaluated {prompt:5d} ({prompt / generated:.2f} per generated token)", flush=True)
 
+    # raw llama-cpp-python runs on the engine's decode thread: two threads calling llama.cpp in one
+    # process make libgomp throttle both (srl_sdk/engines/llama_batch.py)
+    on_decode_thread = decode_thread()
     for _ in range(args.rounds):
-        measure("raw", lambda p: raw.run(p).tokens, lambda: raw.prompt_tokens)
+        measure("raw", lambda p: on_decode_thread.submit(raw.run, p).result().tokens, lambda: raw.prompt_tokens)
         measure("driver, session", lambda p: driver.solve(p).usage["completion_tokens"],
                 lambda: engine.perf()["prompt_tokens"])
         measure("driver, per call", lambda p: per_call.solve(p).usage["completion_tokens"],

@@ -11,14 +11,16 @@ a stream therefore decodes in its own thread with nothing in between, like a han
 scheduler thread in between was slower at one stream on 2 cores in this project's prototype runs:
 its Python work competed with llama.cpp's threads for them; no committed benchmark measures it).
 
-Every `llama_decode` still runs on one thread of its own (`_decode` hands the call over and waits):
+Every `llama_decode` of the process still runs on one thread (`decode_thread()`: `_decode` hands
+the call over and waits), shared by all llama.cpp engines the process holds:
 llama.cpp's OpenMP build makes each thread that calls it the master of a team of worker threads,
 and once libgomp manages more threads than there are cores it cuts the time its threads spin at a
 barrier to almost nothing (`gomp_throttled_spin_count_var`), so every one of the hundreds of
 barriers in a token's graph goes through a futex sleep. With streams taking turns to run the batch
 from their own threads, a second caller made every later decode ~20 % slower on 2 cores; handed to
 one thread, the calls cost what they cost from the main thread (proto runs of 100 decodes: 182-199
-tokens/s direct, 180-197 handed over, 138-152 with a second caller alive).
+tokens/s direct, 180-197 handed over, 138-152 with a second caller alive). Code that calls
+llama-cpp-python itself in the same process can run those calls on `decode_thread()` too.
 
 What keeps the text of a stream the same as when it runs alone:
 - every sequence has its own KV stream, so attention over one stream never sees another's cells
@@ -53,6 +55,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import math
+import os
 import queue
 import threading
 from collections import deque
@@ -66,13 +69,35 @@ from srl_sdk.engines.base import SamplingParams, StopMatcher, TokenEvent
 from srl_sdk.engines.prefix import AlignedPrefix, AnyPrefix
 from srl_sdk.errors import EngineError
 
-__all__ = ["BatchScheduler", "Slot", "within_batch", "token_logprob"]
+__all__ = ["BatchScheduler", "Slot", "decode_thread", "within_batch", "token_logprob"]
 
 CANCEL_CHECK_S = 0.1  # how often a session waiting for a slot looks at its cancel event
 
 PREFILL_PER_STEP = 128
 """Prompt tokens read between two tokens of the streams that are decoding (`n_batch` when none
 is): a long prompt then delays the others' next token by one 128-token pass, not a whole read."""
+
+
+_decode_thread: ThreadPoolExecutor | None = None
+_decode_thread_lock = threading.Lock()
+
+
+def _forget_decode_thread() -> None:
+    global _decode_thread
+    _decode_thread = None  # a forked child has no such thread
+
+
+os.register_at_fork(after_in_child=_forget_decode_thread)
+
+
+def decode_thread() -> ThreadPoolExecutor:
+    """The process's one caller of llama.cpp's compute (see the module's docstring: a second OpenMP
+    master thread makes libgomp throttle every thread's barrier spin)."""
+    global _decode_thread
+    with _decode_thread_lock:
+        if _decode_thread is None:
+            _decode_thread = ThreadPoolExecutor(1, thread_name_prefix="llama-decode")
+        return _decode_thread
 
 
 def token_logprob(logits: Any, token: int, scratch: Any) -> float:
@@ -172,7 +197,7 @@ class BatchScheduler:
         self.n_batch = n_batch
         self.n_vocab = llm.n_vocab()
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="llama-decode")  # the one caller of llama_decode
+        self._decoder = decode_thread()
         import numpy as np
 
         self._scratch = np.empty(self.n_vocab, dtype=np.float32)
@@ -503,7 +528,6 @@ class BatchScheduler:
                 jobs, self._jobs = self._jobs, []
             for job in jobs:
                 self._finish(job, EngineError("this engine was closed while a stream was running"))
-        self._decoder.shutdown(wait=True)
         self._l.llama_batch_free(self._batch)
         self._l.llama_free(self._ctx)
 
