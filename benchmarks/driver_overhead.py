@@ -8,7 +8,8 @@ each evaluates (raw: what `Llama.eval` is handed in batches of more than one; th
 counter), which is where the time goes when Python is not the cost. Two driver variants: with the
 request's session (the engine keeps the problem's KV cache across steps and phases) and with one
 engine call per phase (what the engine did before sessions: each call reuses only whole aligned
-blocks of an earlier prompt).
+blocks of an earlier prompt), and with the session but the aligned-block rule of prompt reuse across
+requests (srl_sdk/engines/prefix.py) in place of reuse of any prefix.
 
     .venv/bin/python benchmarks/driver_overhead.py --rounds 2
 """
@@ -43,6 +44,8 @@ def main() -> None:
     engine = LlamaCppEngine("smollm2", n_ctx=1024, n_threads=args.threads)
     config = ReasonConfig(max_steps=2, max_thought_tokens=32, max_action_tokens=32)
     driver = Driver(engine, config)
+    aligned_engine = LlamaCppEngine("smollm2", n_ctx=1024, n_threads=args.threads, prefix_reuse="aligned")
+    aligned = Driver(aligned_engine, config)
 
     class PerCall(Driver):
         """The driver with one engine call per phase (no session): the engine's behaviour before sessions."""
@@ -54,6 +57,7 @@ def main() -> None:
     per_call.engine = _Stateless(engine, EngineSession)  # type: ignore[assignment]
     decode_thread().submit(raw.run, texts[0]).result()  # warm both: the first prompt of a fresh context is not what is measured
     driver.solve(texts[0])
+    aligned.solve(texts[0])
 
     def measure(name: str, run, evaluated) -> None:
         before = evaluated()
@@ -61,7 +65,7 @@ def main() -> None:
         generated = sum(run(p) for p in texts[1:])
         wall = time.perf_counter() - started
         prompt = evaluated() - before
-        print(f"{name:16s} {generated:4d} tokens {wall:6.2f} s {generated / wall:6.1f} tok/s  "
+        print(f"{name:31s} {generated:4d} tokens {wall:6.2f} s {generated / wall:6.1f} tok/s  "
               f"prompt tokens evaluated {prompt:5d} ({prompt / generated:.2f} per generated token)", flush=True)
 
     # raw llama-cpp-python runs on the engine's decode thread: two threads calling llama.cpp in one
@@ -73,6 +77,8 @@ def main() -> None:
                 lambda: engine.perf()["prompt_tokens"])
         measure("driver, per call", lambda p: per_call.solve(p).usage["completion_tokens"],
                 lambda: engine.perf()["prompt_tokens"])
+        measure("driver, session, aligned blocks", lambda p: aligned.solve(p).usage["completion_tokens"],
+                lambda: aligned_engine.perf()["prompt_tokens"])
 
 
 class _Stateless:
