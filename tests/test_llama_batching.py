@@ -2,7 +2,7 @@
 what it writes alone; cancelling one leaves the others as they were; a request keeps its cache.
 
 The comparison is bit for bit (actions, thoughts and log-probabilities): the engine keeps each
-stream in its own KV stream and reads prompts in fixed chunks, so on this project's machines the
+stream in its own KV stream and reads each prompt in calls of its own, so on this project's machines the
 batched arithmetic is the same as alone (srl_sdk/engines/llama_batch.py). Where it is not (another
 processor's kernels), the failure message says how many streams differed and where.
 """

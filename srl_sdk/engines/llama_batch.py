@@ -18,8 +18,8 @@ and once libgomp manages more threads than there are cores it cuts the time its 
 barrier to almost nothing (`gomp_throttled_spin_count_var`), so every one of the hundreds of
 barriers in a token's graph goes through a futex sleep. With streams taking turns to run the batch
 from their own threads, a second caller made every later decode ~20 % slower on 2 cores; handed to
-one thread, the calls cost what they cost from the main thread (proto runs of 100 decodes: 182-199
-tokens/s direct, 180-197 handed over, 138-152 with a second caller alive). Code that calls
+one thread, the calls cost what they cost from the main thread (docs/benchmarks.md, "Decode
+batching": a second calling thread alive, 0.79x). Code that calls
 llama-cpp-python itself in the same process can run those calls on `decode_thread()` too.
 
 What keeps the text of a stream the same as when it runs alone:
@@ -30,9 +30,8 @@ What keeps the text of a stream the same as when it runs alone:
   in a logit, so a stream's text changed with its neighbours; without it, alone and batched gave
   the same logits bit for bit (docs/benchmarks.md, "Batch invariance": 1 and 2 threads, streams
   of 100-800 tokens);
-- a prompt is always read in chunks cut where the request alone decides (a first prompt at fixed
-  positions, `AlignedPrefix.chunks`; what a later call adds, in one piece), one `llama_decode` per chunk
-  with nothing else in it: with separate KV streams llama.cpp cuts a mixed batch into
+- a prompt is always read in chunks of its own, one `llama_decode` per chunk with nothing else in
+  it, never a lone token where a fresh read would read it with others (`within_batch`): with separate KV streams llama.cpp cuts a mixed batch into
   equal-length pieces per sequence (`split_equal`), which would cut a chunk differently depending
   on what ran beside it;
 - each stream samples with its own llama.cpp sampler chain (its own seed).
@@ -43,11 +42,11 @@ greedy text differed from its text alone (0 on this project's machines).
 Slots and reuse. A slot is a sequence id with the tokens its KV stream holds (`history`). A
 session (one request: the driver's steps and phases of one problem) keeps its slot, so each
 phase evaluates only the tokens its prompt adds to what the slot already holds. A new session
-takes the free slot whose cache shares the longest *aligned* prefix with its first prompt (the
-shared system prompt); only whole blocks that were read as blocks from position 0
-(`srl_sdk.engines.prefix.AlignedPrefix`) are reused across requests, so a request's text never
-depends on what an earlier request left in the cache. When every slot is busy, a new session
-waits for one, first come first served.
+takes the free slot whose cache serves its first prompt best (the shared system prompt), under the
+rule of reuse the loaded model allows (`srl_sdk.engines.prefix`: any prefix where a token's
+logits do not depend on its chunk, checked at load by `chunking_is_invariant`; else only whole
+aligned blocks), so a request's text never depends on what an earlier request left in the cache.
+When every slot is busy, a new session waits for one, first come first served.
 """
 
 from __future__ import annotations
