@@ -12,15 +12,15 @@ scheduler thread in between was slower at one stream on 2 cores in this project'
 its Python work competed with llama.cpp's threads for them; no committed benchmark measures it).
 
 Every `llama_decode` of the process still runs on one thread (`decode_thread()`: `_decode` hands
-the call over and waits), shared by all llama.cpp engines the process holds:
-llama.cpp's OpenMP build makes each thread that calls it the master of a team of worker threads,
+the call over and waits), shared by all llama.cpp engines the process holds: llama.cpp's OpenMP
+build makes each thread that calls it the master of a team of worker threads,
 and once libgomp manages more threads than there are cores it cuts the time its threads spin at a
 barrier to almost nothing (`gomp_throttled_spin_count_var`), so every one of the hundreds of
 barriers in a token's graph goes through a futex sleep. With streams taking turns to run the batch
 from their own threads, a second caller made every later decode ~20 % slower on 2 cores; handed to
 one thread, the calls cost what they cost from the main thread (docs/benchmarks.md, "Decode
-batching": a second calling thread alive, 0.79x). Code that calls
-llama-cpp-python itself in the same process can run those calls on `decode_thread()` too.
+batching": a second calling thread alive, 0.79x). Code that calls llama-cpp-python itself in the
+same process can run those calls on `decode_thread()` too.
 
 What keeps the text of a stream the same as when it runs alone:
 - every sequence has its own KV stream, so attention over one stream never sees another's cells
@@ -31,9 +31,9 @@ What keeps the text of a stream the same as when it runs alone:
   the same logits bit for bit (docs/benchmarks.md, "Batch invariance": 1 and 2 threads, streams
   of 100-800 tokens);
 - a prompt is always read in chunks of its own, one `llama_decode` per chunk with nothing else in
-  it, never a lone token where a fresh read would read it with others (`within_batch`): with separate KV streams llama.cpp cuts a mixed batch into
-  equal-length pieces per sequence (`split_equal`), which would cut a chunk differently depending
-  on what ran beside it;
+  it, never a lone token where a fresh read would read it with others (`within_batch`): with
+  separate KV streams llama.cpp cuts a mixed batch into equal-length pieces per sequence
+  (`split_equal`), which would cut a chunk differently depending on what ran beside it;
 - each stream samples with its own llama.cpp sampler chain (its own seed).
 Whether a matrix kernel rounds a row differently when other rows share its batch is the
 processor's business; the tests and `benchmarks/serving_overhead.py` count how often a stream's
@@ -58,8 +58,8 @@ import os
 import queue
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any

@@ -119,8 +119,6 @@ class AnyPrefix:
     alone where a fresh evaluation would read it with others. Tokens the model generated (read
     one at a time) are never reused across requests."""
 
-    block = 0  # no fixed grid
-
     def __init__(self) -> None:
         self._reusable: list[int] = []  # the last first prompt read in this sequence
 
