@@ -286,8 +286,8 @@ class BatchScheduler:
     def stream(self, slot: Slot, tokens: list[int], params: SamplingParams, budget: int, *, first: bool,
                cancel: threading.Event | None) -> Iterator[TokenEvent]:
         """Read `tokens` into `slot` (only what it does not hold yet) and stream up to `budget`
-        sampled tokens. `first`: the session's first prompt (read in aligned blocks, reusable by
-        later sessions)."""
+        sampled tokens. `first`: the session's first prompt (later sessions may reuse it, under the
+        rule of reuse this model allows)."""
         job = self._job(slot, tokens, params, budget, first, cancel)
         with self._cond:
             if self._closing:
