@@ -84,35 +84,28 @@ def measure(model: str, threads: int, repeats: int) -> dict:
             scheduler._decode(rows)
             times.append(time.perf_counter() - started)
         decode[batch] = statistics.median(times)
-    chunking = chunk_invariance(scheduler, tokens, clear)
+    chunking = chunk_invariance(scheduler, tokens)
     callers = second_caller(scheduler, tokens, clear, repeats, llama_cpp)
     engine.close()
     return {"prompt": prompt, "decode": decode, "chunking": chunking, "callers": callers}
 
 
-def chunk_invariance(scheduler, tokens: list[int], clear) -> tuple[int, int]:
+def chunk_invariance(scheduler, tokens: list[int]) -> tuple[int, int]:
     """(chunkings whose last logits differ from one whole read, chunkings tried): 12 random cuts of
     a 300-token prompt into chunks of 2 to 40 tokens, compared bit for bit (what
     `BatchScheduler.chunking_is_invariant` checks at load, on a longer prompt)."""
     import numpy as np
 
     n = 300
-
-    def last_logits(cuts: list[int]):
-        clear()
-        for a, b in zip(cuts, cuts[1:]):
-            scheduler._decode([(tokens[p], p, 0, p == n - 1) for p in range(a, b)])
-        pointer = scheduler._l.llama_get_logits_ith(scheduler._ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(scheduler.n_vocab,)).copy()
-
-    whole = last_logits([0, n])
+    prompt = tokens[:n]
+    whole = scheduler.last_logits(prompt, [0, n])
     draw = random.Random(0)
     differing = 0
     for _ in range(12):
         cuts = [0]
         while cuts[-1] < n - 2:
             cuts.append(min(n - 2, cuts[-1] + draw.randint(2, 40)))
-        differing += not np.array_equal(whole, last_logits(cuts + [n]))
+        differing += not np.array_equal(whole, scheduler.last_logits(prompt, cuts + [n]))
     return differing, 12
 
 

@@ -123,20 +123,12 @@ def _rounds_by_chunk(engine) -> bool:
 
     scheduler = engine._scheduler
     tokens = engine._tokenize(PROBLEM * 8, True, False)[:200]
-
-    def last_logits(cuts):
-        scheduler._l.llama_memory_seq_rm(scheduler._memory, 0, -1, -1)
-        for a, b in zip(cuts, cuts[1:]):
-            scheduler._decode([(tokens[p], p, 0, p == len(tokens) - 1) for p in range(a, b)])
-        pointer = scheduler._l.llama_get_logits_ith(scheduler._ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(scheduler.n_vocab,)).copy()
-
-    whole, draw = last_logits([0, len(tokens)]), random.Random(0)
+    whole, draw = scheduler.last_logits(tokens, [0, len(tokens)]), random.Random(0)
     for _ in range(8):
         cuts = [0]
         while cuts[-1] < len(tokens) - 2:
             cuts.append(min(len(tokens) - 2, cuts[-1] + draw.randint(2, 40)))
-        if not np.array_equal(whole, last_logits(cuts + [len(tokens)])):
+        if not np.array_equal(whole, scheduler.last_logits(tokens, cuts + [len(tokens)])):
             return True
     return False
 

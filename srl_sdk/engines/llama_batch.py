@@ -230,18 +230,23 @@ class BatchScheduler:
         lib = self._l
         vocab = lib.llama_model_get_vocab(self._llm._model.model)
         probe = [t for t in range(1000, 1000 + 48) if not lib.llama_vocab_is_control(vocab, t)][:48]
+        whole = self.last_logits(probe, [0, len(probe)])
+        return all(np.array_equal(whole, self.last_logits(probe, cuts))
+                   for cuts in ([0, 3, 10, 21, len(probe)], [0, 2, 7, 15, 21, len(probe)]))
 
-        def last_logits(cuts: list[int]) -> Any:
-            lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
+    def last_logits(self, tokens: Sequence[int], cuts: Sequence[int]) -> Any:
+        """The logits after `tokens`, read from an empty sequence 0 in the chunks between `cuts`
+        (0, ..., len(tokens)); a copy, and the sequence is emptied again. Only before any session
+        runs (the load-time probe) or in benchmarks and tests that hold the engine alone."""
+        import numpy as np
+
+        lib = self._l
+        lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        try:
             for a, b in zip(cuts, cuts[1:]):
-                self._decode([(probe[p], p, 0, p == len(probe) - 1) for p in range(a, b)])
+                self._decode([(tokens[p], p, 0, p == len(tokens) - 1) for p in range(a, b)])
             pointer = lib.llama_get_logits_ith(self._ctx, -1)
             return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
-
-        try:
-            whole = last_logits([0, len(probe)])
-            return all(np.array_equal(whole, last_logits(cuts))
-                       for cuts in ([0, 3, 10, 21, len(probe)], [0, 2, 7, 15, 21, len(probe)]))
         finally:
             lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
 

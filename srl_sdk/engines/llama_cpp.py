@@ -78,11 +78,11 @@ class LlamaCppEngine(TokenLoopEngine):
         requests beyond it wait). `prefix_reuse`: how a first prompt reuses what earlier requests
         read (srl_sdk/engines/prefix.py): "any" prefix, only whole "aligned" blocks of
         `prefix_block` tokens, or "auto" (any, where the loaded model rounds alike in any chunk:
-        checked at load); `prefix_block` 0 turns reuse across requests off. `flash_attn`: llama.cpp's flash attention, faster decoding, but on several
-        threads a stream's text then depends on what runs beside it (docs/benchmarks.md, "Batch
-        invariance"); off by default. `adapter`: a llama.cpp LoRA GGUF (`srl
-        export lora-gguf`) applied on load; a named model with an adapter ('smollm2-srl') brings
-        its own.
+        checked at load); `prefix_block` 0 turns reuse across requests off. `flash_attn`:
+        llama.cpp's flash attention, faster decoding, but on several threads a stream's text then
+        depends on what runs beside it (docs/benchmarks.md, "Batch invariance"); off by default.
+        `adapter`: a llama.cpp LoRA GGUF (`srl export lora-gguf`) applied on load; a named model
+        with an adapter ('smollm2-srl') brings its own.
         """
         llama_cpp = require("llama_cpp", "serve", package="llama-cpp-python")
         from srl_sdk.engines.llama_batch import BatchScheduler

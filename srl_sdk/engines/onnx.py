@@ -10,8 +10,8 @@ the chat template; the decoder carries its own KV cache. Choices made here and w
   so a stepwise loop (same problem, one more step each call) skips most of the prompt; prompts
   are appended in aligned blocks and only whole blocks of an earlier prompt are kept
   (`srl_sdk.engines.prefix.AlignedPrefix`: the rule the llama.cpp engine falls back to for a model
-  whose rounding depends on the chunk; onnxruntime's kernels are not checked for that here), so the same prompt gives the same logits whatever
-  the generator held before. A call with a seed starts a fresh generator (the seed is a generator
+  whose rounding depends on the chunk; onnxruntime's kernels are not checked for that here), so
+  the same prompt gives the same logits whatever the generator held before. A call with a seed starts a fresh generator (the seed is a generator
   setting), appended in the same blocks, so it agrees with an unseeded reuse bit for bit;
 - the CUDA provider is used when onnxruntime-genai was built with it (onnxruntime-genai-cuda),
   CPU otherwise; one lock, one sequence at a time.

@@ -13,7 +13,7 @@ engine's arguments, so that two workers never fight over the same cores or the s
   a token's graph, which is what makes them fast; only when the workers' threads together outnumber
   the cores does a spinning thread take a core another worker needs, and then the workers get
   `OMP_WAIT_POLICY=PASSIVE` (sleep at once). Passive on a machine that is not oversubscribed costs
-  about a fifth of the decode rate (docs/benchmarks.md "Serving overhead"). An OMP_WAIT_POLICY the
+  about a fifth of the decode rate (docs/benchmarks.md "Prompt work per step"). An OMP_WAIT_POLICY the
   server was started with is left as it is.
 - CUDA: the worker sees only its GPU (`CUDA_VISIBLE_DEVICES`, set before the engine imports its
   CUDA library, mapped through any CUDA_VISIBLE_DEVICES the server was started with), and the
